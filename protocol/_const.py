@@ -1,0 +1,11 @@
+"""``const()`` on MicroPython, identity on CPython, so portable modules import one name."""
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
+__all__ = ["const"]
