@@ -10,6 +10,10 @@ numbers of that boot - the anti-replay window of IPsec (RFC 4303 §3.4.3), so th
                acknowledge it again but do not process it twice. Not an attack;
 * STALE      - older than the window, or from an earlier boot: reject and audit.
 
+With ``ordered=True`` (the node's view of gateway commands, which arrive in order over
+one MQTT subscription) a never-seen number below the highest is STALE too: a withheld
+command can never be released later.
+
 ``check`` does not change state; ``accept`` records a sequence number and must be called
 only once the message has been verified (and, on the gateway, durably stored), so a forged
 packet can never move the window.
@@ -30,7 +34,8 @@ VERDICTS = ("new", "duplicate", "stale")
 class ReplayWindow:
     """Per-sender state: highest (boot, seq) and a bitmap of recent sequence numbers."""
 
-    def __init__(self, boot=-1, top=-1, bitmap=0):
+    def __init__(self, boot=-1, top=-1, bitmap=0, ordered=False):
+        self.ordered = ordered
         self.boot = boot  # highest boot counter seen (-1: nothing yet)
         self.top = top  # highest sequence number accepted in that boot
         self.bitmap = bitmap  # bit i set <=> seq (top - i) accepted
@@ -45,7 +50,9 @@ class ReplayWindow:
         offset = self.top - seq
         if offset >= WINDOW:
             return STALE
-        return DUPLICATE if (self.bitmap >> offset) & 1 else NEW
+        if (self.bitmap >> offset) & 1:
+            return DUPLICATE
+        return STALE if self.ordered else NEW
 
     def accept(self, boot, seq):
         """Record (boot, seq); return the verdict it had (so callers can do both at once)."""

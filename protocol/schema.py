@@ -184,7 +184,7 @@ def _struct(fields, required):
         for k in v:
             f = fields.get(k) if isinstance(k, int) and not isinstance(k, bool) else None
             if f is None:
-                _fail("schema.unknown_key", where + ": key %r" % (k,))
+                raise SchemaError("schema.unknown_key", where + ": key %r" % (k,))
             f(v[k], where + "." + str(k))
 
     return check
@@ -211,7 +211,7 @@ def _vitals(v, where):
             _fail("schema.unknown_vital", where + ": MDC code %r" % (code,))
         _vital(v[code], where + "." + str(code))
         if v[code][2] != unit:
-            _fail("schema.bad_unit", where + ".%d: unit %r, expected %d" % (code, v[code][2], unit))
+            _fail("schema.bad_unit", where + ".%d: unit %r, expected %r" % (code, v[code][2], unit))
 
 
 def _pump_state(v, where):
@@ -261,7 +261,8 @@ _ARGS = {
 def _cmd_args(msg, where):
     check = _ARGS.get(msg.get(C_KIND))
     if check is None:
-        _fail("schema.bad_command", where + ": unknown command kind %r" % (msg.get(C_KIND),))
+        raise SchemaError("schema.bad_command", where + ": unknown command kind %r"
+                          % (msg.get(C_KIND),))
     check(msg[C_ARGS], where + ".args")
 
 
@@ -293,7 +294,7 @@ def validate(msg, expect_type=None):
     mtype = msg.get(K_TYPE)
     body = _BODIES.get(mtype) if isinstance(mtype, int) and not isinstance(mtype, bool) else None
     if body is None:
-        _fail("schema.bad_type", "message type %r" % (mtype,))
+        raise SchemaError("schema.bad_type", "message type %r" % (mtype,))
     if expect_type is not None and mtype != expect_type:
         _fail("schema.type_mismatch", "%s message where %s expected"
               % (TYPE_NAMES[mtype], TYPE_NAMES.get(expect_type, expect_type)))
@@ -309,7 +310,7 @@ def validate(msg, expect_type=None):
         if f is None:
             f = fields.get(k) if isinstance(k, int) and not isinstance(k, bool) else None
         if f is None:
-            _fail("schema.unknown_key", TYPE_NAMES[mtype] + ": key %r" % (k,))
+            raise SchemaError("schema.unknown_key", TYPE_NAMES[mtype] + ": key %r" % (k,))
         f(msg[k], TYPE_NAMES[mtype] + "." + str(k))
     if mtype == COMMAND:
         _cmd_args(msg, "command")

@@ -69,3 +69,11 @@ def test_bitmap_stays_bounded():
     for s in range(0, 2000, 3):
         w.accept(1, s)
     assert w.bitmap < (1 << WINDOW)
+
+
+def test_ordered_window_rejects_late_never_seen_numbers():
+    w = ReplayWindow(ordered=True)
+    w.accept(1, 5)
+    assert w.check(1, 4) == STALE
+    assert w.check(1, 5) == DUPLICATE
+    assert w.accept(1, 6) == NEW

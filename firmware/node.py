@@ -1,0 +1,366 @@
+"""The chairside node's logic: devices in, signed packets out, commands in, pump guarded.
+
+This is the sans-IO core: ``step(now)`` moves bytes between UART objects and drivers,
+enforces the permit and the local limits, and makes telemetry when it is due;
+``on_command(wire, now)`` runs the command gate and executes what passes. Everything it
+sends goes into the outbox; firmware/runner.py drains the outbox into MQTT. Tests drive
+this class with fake UARTs and a fake clock.
+
+Safety rules, in the order ``step`` applies them (docs/firmware.md, "Safety"):
+
+1. the pump may infuse only while the permit is valid for the loaded program: when it
+   lapses - or the pump reports infusing without one - the node stops it at once and
+   reports ``permit_lapsed``;
+2. a fresh vital beyond the node's own hard limits stops the pump without the network and
+   latches ``local_interlock`` until the gateway sends a new start;
+3. a pump that stops answering while it should infuse is reported (``device_offline``); its
+   own SAF watchdog stops it if our frames stop reaching it;
+4. a stop command pre-empts everything queued for the pump and goes out in the same step.
+"""
+
+from protocol import cbor, cose, mdc, schema, topics
+from protocol._const import const
+
+from firmware.commands import CommandGate, Rejected
+from firmware.drivers._ticks import ticks_add, ticks_diff
+from firmware.outbox import Outbox
+from firmware.permit import Permit
+from firmware.sentlog import SentLog
+
+FIRMWARE_VERSION = "0.1.0"
+
+# Outbox kind index -> uplink topic kind (the spool stores the index in 4 bits).
+KINDS = ("birth", "telemetry", "event", "ack", "death")
+_K_BIRTH = const(0)
+_K_TELEMETRY = const(1)
+_K_EVENT = const(2)
+_K_ACK = const(3)
+
+_PUMP_STATES = {
+    "stopped": schema.PUMP_STOPPED,
+    "infusing": schema.PUMP_INFUSING,
+    "paused": schema.PUMP_PAUSED,
+    "alarm": schema.PUMP_ALARM,
+}
+
+_PUMP_VALUE_CODES = (mdc.FLOW_RATE, mdc.VOL_DELIVERED)
+
+
+def _beyond(value, lo, hi):
+    """(mantissa, exponent) beyond integer limits lo/hi? Integer arithmetic only."""
+    mant, exp = value
+    if exp >= 0:
+        scaled, unit = mant * (10 ** exp), 1
+    else:
+        scaled, unit = mant, 10 ** (-exp)
+    if lo is not None and scaled < lo * unit:
+        return True
+    return hi is not None and scaled > hi * unit
+
+
+class Node:
+    def __init__(self, cfg, boot, now, uarts, pump, oximeter=None, monitor=None, board="unix",
+                 clock=None):
+        self.cfg = cfg
+        self.node_id = cfg.node_id
+        self.kid = cfg.node_id.encode()
+        self.boot = boot
+        self.board = board
+        self.clock = clock  # ticks_ms-like callable, for latency figures only (None in tests)
+        self.signer = cose.Ed25519Signer(cfg.node_key)
+        self.uarts = uarts  # role -> UART object (read/write/close)
+        self.pump = pump
+        self.oximeter = oximeter
+        self.monitor = monitor
+        self.devices = {"pump": pump}
+        if oximeter is not None:
+            self.devices["oximeter"] = oximeter
+        if monitor is not None:
+            self.devices["monitor"] = monitor
+        n = cfg.node
+        self.telemetry_ms = n["telemetry_ms"]
+        self.permit = Permit(n["permit_max_ms"])
+        self.sentlog = SentLog(32)
+        self.gate = CommandGate(self.node_id, cose.Ed25519Verifier(cfg.gateway_pub),
+                                cfg.gateway_kid, self.sentlog, n["command_max_age_ms"])
+        self.outbox = Outbox(cfg.state_dir + "/spool.bin", n["ram_slots"], n["spool_max_bytes"])
+        self._seq = 1  # seq 0 of every boot is the pre-signed death message (Last Will)
+        self._uptime = 0
+        self._last_tick = now
+        self._next_telemetry = now
+        # Program loaded into the pump (gateway program id 0: none).
+        self.program_id = 0
+        self.running = False  # we commanded RUN and have not stopped since
+        self.local_trip = False
+        self._lapse_reported = False
+        self._offline_reported = {}
+        self.stop_latency_ms = []  # recent stop-arrival -> STP-frame-written figures
+        self._vtbi = 0
+        self.commands_ok = 0
+        self._last_dropped = 0
+        self.death = self._sign(schema.envelope(schema.DEATH, self.node_id, boot, 0, 0))
+
+    # --- message plumbing ----------------------------------------------------------------
+
+    def _uptime_at(self, now):
+        self._uptime += ticks_diff(now, self._last_tick)
+        self._last_tick = now
+        return self._uptime
+
+    def _envelope(self, mtype, now):
+        seq = self._seq
+        self._seq += 1
+        self.sentlog.record(seq, now)
+        return schema.envelope(mtype, self.node_id, self.boot, seq, self._uptime_at(now))
+
+    def _sign(self, msg):
+        return cose.encode(cbor.dumps(msg), self.signer, self.kid)
+
+    def _queue(self, kind, msg, critical):
+        self.outbox.put(kind, self._sign(msg), critical)
+
+    def event(self, kind, severity, now, detail="", data=None):
+        msg = self._envelope(schema.EVENT, now)
+        msg[schema.E_KIND] = kind
+        msg[schema.E_SEVERITY] = severity
+        if detail:
+            msg[schema.E_DETAIL] = detail[:128]
+        if data:
+            msg[schema.E_DATA] = data
+        self._queue(_K_EVENT, msg, True)
+
+    def birth(self, now):
+        """Queued on every (re)connect (runner's on_connect)."""
+        msg = self._envelope(schema.BIRTH, now)
+        drivers = []
+        for role in self.devices:
+            drivers.append([role, self.cfg.wiring[role]["driver"]])
+        msg[schema.B_FIRMWARE] = FIRMWARE_VERSION
+        msg[schema.B_DRIVERS] = drivers
+        caps = ["permit", "saf-watchdog", "store-and-forward"]
+        if self.cfg.local_limits:
+            caps.append("local-interlock")
+        msg[schema.B_CAPS] = caps
+        msg[schema.B_BOARD] = self.board
+        msg[schema.B_PERMIT_MAX] = self.permit.max_lifetime_ms
+        self._queue(_K_BIRTH, msg, True)
+
+    # --- the periodic step -----------------------------------------------------------------
+
+    def step(self, now):
+        for role in self.devices:
+            drv = self.devices[role]
+            uart = self.uarts.get(role)
+            if uart is None:
+                continue
+            data = uart.read()
+            if data:
+                drv.feed(data, now)
+            out = drv.poll(now)
+            if out:
+                uart.write(out)
+        self._guard(now)
+        if ticks_diff(now, self._next_telemetry) >= 0:
+            self._next_telemetry = ticks_add(now, self.telemetry_ms)
+            self._telemetry(now)
+
+    def _pump_infusing(self):
+        return self.pump.state == "infusing"
+
+    def _stop_pump(self, now):
+        self.running = False
+        self.pump.stop()
+        out = self.pump.poll(now)
+        uart = self.uarts.get("pump")
+        if out and uart is not None:
+            uart.write(out)  # now, not on the next step
+
+    def _guard(self, now):
+        left = self.permit.remaining(now)
+        if (self.running or self._pump_infusing()) and left == 0:
+            self._stop_pump(now)
+            if not self._lapse_reported:
+                self._lapse_reported = True
+                self.event("permit_lapsed", schema.SEV_ALARM, now,
+                           "no valid run permit: pump stopped")
+        if self.cfg.local_limits and (self.running or self._pump_infusing()):
+            breach = self._local_breach(now)
+            if breach is not None:
+                self._stop_pump(now)
+                self.permit.revoke()
+                if not self.local_trip:
+                    self.local_trip = True
+                    code, value = breach
+                    self.event("local_interlock", schema.SEV_ALARM, now,
+                               "node hard limit: %s" % mdc.NAMES.get(code, code),
+                               {1: code, 2: value[0], 3: value[1]})
+        for role in self.devices:
+            online = self.devices[role].online(now)
+            was = self._offline_reported.get(role)
+            if not online and was is not True and (role != "pump" or self.running or was is False):
+                self._offline_reported[role] = True
+                self.event("device_offline", schema.SEV_WARNING, now, role)
+            elif online and was is True:
+                self._offline_reported[role] = False
+                self.event("device_online", schema.SEV_INFO, now, role)
+
+    def _local_breach(self, now):
+        vitals = self._vitals(now)
+        for code in self.cfg.local_limits:
+            v = vitals.get(code)
+            if v is not None:
+                lo, hi = self.cfg.local_limits[code]
+                if _beyond((v[0], v[1]), lo, hi):
+                    return code, (v[0], v[1])
+        return None
+
+    def _vitals(self, now):
+        out = {}
+        for drv in (self.monitor, self.oximeter):  # oximeter last: it wins for SpO2/pulse
+            if drv is None:
+                continue
+            vals = drv.values(now)
+            for code in vals:
+                if code in mdc.UNITS:
+                    out[code] = vals[code]
+        return out
+
+    def _telemetry(self, now):
+        msg = self._envelope(schema.TELEMETRY, now)
+        up = msg[schema.K_T]
+        vitals = {}
+        v = self._vitals(now)
+        for code in v:
+            mant, exp, tick = v[code]
+            vitals[code] = [mant, exp, mdc.UNITS[code], max(0, up - ticks_diff(now, tick))]
+        msg[schema.T_VITALS] = vitals
+        p = self.pump
+        pump = {schema.P_PROGRAM: self.program_id}  # type: dict
+
+        if p.online(now):
+            pump[schema.P_STATE] = _PUMP_STATES.get(p.state, schema.PUMP_UNKNOWN)
+            pump[schema.P_T] = max(0, up - ticks_diff(now, p.last_reply_ms))
+            if p.rate_ul_h is not None:
+                pump[schema.P_RATE] = p.rate_ul_h
+            if p.infused_ul is not None:
+                pump[schema.P_INFUSED] = p.infused_ul
+            pump[schema.P_ALARMS] = [p.alarm] if p.alarm else []
+        else:
+            pump[schema.P_STATE] = schema.PUMP_UNKNOWN
+            pump[schema.P_T] = up
+        if self._vtbi:
+            pump[schema.P_VTBI] = self._vtbi
+        msg[schema.T_PUMP] = pump
+        serial_bad = 0
+        for role in self.devices:
+            serial_bad += self.devices[role].frames_bad
+        msg[schema.T_NODE] = {
+            schema.N_PERMIT_MS: self.permit.remaining(now),
+            schema.N_LOCAL_TRIP: self.local_trip,
+            schema.N_BUFFERED: len(self.outbox),
+            schema.N_DROPPED: self.outbox.dropped,
+            schema.N_SERIAL_BAD: serial_bad,
+        }
+        self._queue(_K_TELEMETRY, msg, False)
+        if self.outbox.dropped != self._last_dropped:
+            self._last_dropped = self.outbox.dropped
+            self.event("buffer_overflow", schema.SEV_WARNING, now,
+                       "telemetry dropped while offline", {1: self.outbox.dropped})
+
+    # --- commands --------------------------------------------------------------------------
+
+    def on_command(self, wire, now):
+        """Verify and execute one command; queue its ack. Returns the ack result."""
+        try:
+            cmd, ref_tick = self.gate.check(wire, self.boot, now)
+        except Rejected as e:
+            if e.epoch is not None:
+                if e.reason == "cmd.duplicate":
+                    return None  # already executed and acked; QoS 1 redelivery
+                self._ack(e.epoch, e.seq, schema.ACK_REJECTED, e.reason, now)
+            else:
+                # No trustworthy (epoch, seq) to answer: report it as an event instead.
+                self.event("command_rejected", schema.SEV_WARNING, now, e.reason)
+            return schema.ACK_REJECTED
+        reason = self._execute(cmd, ref_tick, now)
+        result = schema.ACK_OK if reason is None else schema.ACK_REJECTED
+        if result == schema.ACK_OK:
+            self.commands_ok += 1
+        self._ack(cmd.epoch, cmd.seq, result, reason or "", now)
+        return result
+
+    def _ack(self, epoch, seq, result, reason, now):
+        msg = self._envelope(schema.ACK, now)
+        msg[schema.K_CMD] = [epoch, seq]
+        msg[schema.K_RESULT] = result
+        if reason:
+            msg[schema.K_REASON] = reason[:64]
+        self._queue(_K_ACK, msg, True)
+
+    def _execute(self, cmd, ref_tick, now):
+        a = cmd.args
+        if cmd.kind == schema.CMD_STOP:
+            self._stop_pump(now)
+            self.permit.revoke()
+            if self.clock is not None:
+                # ``now`` was read when the command arrived; the STP frame is written now.
+                self.stop_latency_ms.append(ticks_diff(self.clock(), now))
+                del self.stop_latency_ms[:-16]
+            return None
+        if cmd.kind == schema.CMD_PERMIT:
+            return self.permit.grant(a[schema.A_PROGRAM_ID], ref_tick, a[schema.A_LIFETIME], now)
+        if cmd.kind == schema.CMD_PROGRAM:
+            return self._program(a, now)
+        if cmd.kind == schema.CMD_START:
+            pid = a[schema.A_PROGRAM_ID]
+            if pid != self.program_id or pid == 0:
+                return "cmd.no_program"
+            if not self.permit.valid_for(pid, now):
+                return "permit.none"
+            if not self.pump.online(now):
+                return "pump.offline"
+            self.local_trip = False
+            self._lapse_reported = False
+            self.pump.clear_alarm()
+            self.pump.run()
+            self.running = True
+            return None
+        if cmd.kind == schema.CMD_CONFIG:
+            period = a.get(schema.A_PERIOD)
+            if period is not None:
+                if not 200 <= period <= 60000:
+                    return "cmd.bad_period"
+                self.telemetry_ms = period
+            return None
+        return "cmd.unknown"
+
+    def _program(self, a, now):
+        pid = a[schema.A_PROGRAM_ID]
+        p = self.pump
+        if self.running or self._pump_infusing():
+            if pid != self.program_id:
+                return "cmd.busy"  # a new program only on a stopped pump
+            # Rate change within the running program (the gateway checked the limits).
+            if p.set_rate(a[schema.A_RATE]) is None:
+                return "pump.queue_full"
+            self._vtbi = a[schema.A_VTBI]
+            return None
+        if p.pending() > 2:
+            return "pump.busy"
+        try:
+            ok = (p.set_diameter(a[schema.A_DIAMETER]) and p.set_direction_infuse()
+                  and p.set_rate(a[schema.A_RATE]) is not None
+                  and p.set_volume(a[schema.A_VTBI]) is not None and p.clear_volumes())
+        except ValueError:
+            return "pump.bad_value"
+        if not ok:
+            return "pump.queue_full"
+        self.program_id = pid
+        self._vtbi = a[schema.A_VTBI]
+        self.permit.revoke()  # a permit belongs to a program
+        return None
+
+    # --- uplink ------------------------------------------------------------------------------
+
+    def topic_of(self, kind_index):
+        return topics.uplink(self.node_id, KINDS[kind_index])
