@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 
+from gateway import firmware_build
 from gateway.cose_keys import EdDSASigner, EdDSAVerifier
 from protocol import cbor, cose, mdc, schema
 from protocol.errors import ProtocolError
@@ -65,10 +66,11 @@ def main() -> int:
     good = cose.encode(cbor.dumps(cmd), gateway, b"gateway")
     bad = bytearray(good)
     bad[-1] ^= 1
+    build = firmware_build.build()  # the node runs compiled .mpy, as on a board
     out = subprocess.run(
-        [micropython_path(), "-X", "heapsize=64k", "-c", _NODE_SCRIPT,
+        [micropython_path(), "-X", "heapsize=128k", "-c", _NODE_SCRIPT,
          node_seed.hex(), gateway.public.hex(), good.hex(), bytes(bad).hex()],
-        cwd=ROOT, env=dict(os.environ, MICROPYPATH=".:.frozen"),
+        cwd=str(build), env=dict(os.environ, MICROPYPATH=".:.frozen"),
         capture_output=True, text=True, timeout=60,
     )
     lines = out.stdout.split("\n")
@@ -85,7 +87,7 @@ def main() -> int:
         msg = cose.verify(packet, lambda kid: verifier if kid == b"selfcheck" else None)
         body = schema.validate(cbor.loads(msg.payload), schema.TELEMETRY)
         verify_us = (time.perf_counter() - t0) * 1e6
-        print("node -> gateway: %d-byte telemetry packet signed in MicroPython in %.1f ms, "
+        print("node -> gateway: %d-byte telemetry packet signed in MicroPython (128 KiB heap) in %.1f ms, "
               "verified by the gateway in %.0f us (SpO2 %d%%)"
               % (len(packet), int(sign_us) / 1000, verify_us, body[schema.T_VITALS][mdc.SPO2][0]))
     except ProtocolError as e:

@@ -1,0 +1,64 @@
+"""Compile the node's code (protocol/ + firmware/) to .mpy with mpy-cross.
+
+Boards run compiled bytecode: compiling ed25519.py from source alone needs more than a
+64 KiB heap, and .mpy files load faster and keep no source text in RAM. The same build is
+what ``ivgw flash`` copies to a board and what the test bench runs in the unix port, so
+the code under test is the code that ships.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("protocol", "firmware")
+
+
+class BuildError(Exception):
+    pass
+
+
+def mpy_cross() -> str:
+    exe = shutil.which("mpy-cross") or os.path.join(os.path.dirname(sys.executable), "mpy-cross")
+    if not os.path.exists(exe):
+        raise BuildError("mpy-cross is not installed: run `make setup`")
+    return exe
+
+
+def sources(root: Path = ROOT) -> list[Path]:
+    out = []
+    for pkg in PACKAGES:
+        for p in sorted((root / pkg).rglob("*.py")):
+            if "__pycache__" not in p.parts:
+                out.append(p)
+    return out
+
+
+def build(out_dir: Path | None = None, root: Path = ROOT) -> Path:
+    """Compile every module into ``out_dir`` (default build/mpy), only when out of date."""
+    out = Path(out_dir) if out_dir else root / "build" / "mpy"
+    exe = mpy_cross()
+    for src in sources(root):
+        rel = src.relative_to(root)
+        dst = out / rel.with_suffix(".mpy")
+        if dst.exists() and dst.stat().st_mtime >= src.stat().st_mtime:
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run([exe, "-o", str(dst), "-s", str(rel), str(src)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise BuildError("mpy-cross failed on %s: %s" % (rel, r.stderr.strip()))
+    return out
+
+
+def total_size(out: Path) -> int:
+    return sum(p.stat().st_size for p in out.rglob("*.mpy"))
+
+
+if __name__ == "__main__":
+    d = build()
+    print("built %s (%d bytes of .mpy)" % (d, total_size(d)))
