@@ -103,6 +103,9 @@ class Ne1000Pump(Emulator):
         self.log = []
         self.sent = []
         self.alarms_raised = []
+        # Accelerated scenarios: the plunger moves ``speed`` times faster than the rate says,
+        # while the SAF watchdog and the serial timing keep real time.
+        self.speed = 1.0
 
     # ---- helpers for tests ----------------------------------------------------------
 
@@ -168,7 +171,7 @@ class Ne1000Pump(Emulator):
             return
         if self.prompt in "IW":
             rate = self.rate_ul_h
-            delta = rate * dt / 3600.0
+            delta = rate * dt * self.speed / 3600.0
             target = self.target_ul
             moved = self.infused_ul if self.prompt == "I" else self.withdrawn_ul
             if target > 0 and moved - self._phase_start + delta >= target:

@@ -15,11 +15,10 @@ The window is advanced only after all checks pass, so a forged or stale command 
 move it.
 """
 
+from firmware.drivers._ticks import ticks_diff
 from protocol import cbor, cose, schema
 from protocol.errors import ProtocolError
 from protocol.replay import DUPLICATE, STALE, ReplayWindow
-
-from firmware.drivers._ticks import ticks_diff
 
 
 class Rejected(Exception):

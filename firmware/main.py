@@ -63,7 +63,7 @@ def build(base):
     for role in cfg.wiring:
         uarts[role] = _open(role, cfg.wiring[role])
     node = Node(cfg, boot, time.ticks_ms(), uarts, pump, oxi, mon,
-                board=sys.platform, clock=time.ticks_ms)
+                board=sys.platform, clock=time.ticks_ms, log=log.info)
     ssl = None
     if cfg.tls:
         ssl = tls_context(cfg.tls["ca"], cfg.tls["cert"], cfg.tls["key"])

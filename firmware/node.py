@@ -18,14 +18,13 @@ Safety rules, in the order ``step`` applies them (docs/firmware.md, "Safety"):
 4. a stop command pre-empts everything queued for the pump and goes out in the same step.
 """
 
-from protocol import cbor, cose, mdc, schema, topics
-from protocol._const import const
-
 from firmware.commands import CommandGate, Rejected
 from firmware.drivers._ticks import ticks_add, ticks_diff
 from firmware.outbox import Outbox
 from firmware.permit import Permit
 from firmware.sentlog import SentLog
+from protocol import cbor, cose, mdc, schema, topics
+from protocol._const import const
 
 FIRMWARE_VERSION = "0.1.0"
 
@@ -43,7 +42,7 @@ _PUMP_STATES = {
     "alarm": schema.PUMP_ALARM,
 }
 
-_PUMP_VALUE_CODES = (mdc.FLOW_RATE, mdc.VOL_DELIVERED)
+_BOOT_GRACE_MS = const(5000)
 
 
 def _beyond(value, lo, hi):
@@ -60,13 +59,14 @@ def _beyond(value, lo, hi):
 
 class Node:
     def __init__(self, cfg, boot, now, uarts, pump, oximeter=None, monitor=None, board="unix",
-                 clock=None):
+                 clock=None, log=None):
         self.cfg = cfg
         self.node_id = cfg.node_id
         self.kid = cfg.node_id.encode()
         self.boot = boot
         self.board = board
         self.clock = clock  # ticks_ms-like callable, for latency figures only (None in tests)
+        self.log = log  # console line writer (firmware/log.py on a board), or None
         self.signer = cose.Ed25519Signer(cfg.node_key)
         self.uarts = uarts  # role -> UART object (read/write/close)
         self.pump = pump
@@ -87,6 +87,7 @@ class Node:
         self._seq = 1  # seq 0 of every boot is the pre-signed death message (Last Will)
         self._uptime = 0
         self._last_tick = now
+        self._boot_tick = now
         self._next_telemetry = now
         # Program loaded into the pump (gateway program id 0: none).
         self.program_id = 0
@@ -120,6 +121,8 @@ class Node:
         self.outbox.put(kind, self._sign(msg), critical)
 
     def event(self, kind, severity, now, detail="", data=None):
+        if self.log is not None:
+            self.log("EVENT %s %s" % (kind, detail))
         msg = self._envelope(schema.EVENT, now)
         msg[schema.E_KIND] = kind
         msg[schema.E_SEVERITY] = severity
@@ -194,10 +197,12 @@ class Node:
                     self.event("local_interlock", schema.SEV_ALARM, now,
                                "node hard limit: %s" % mdc.NAMES.get(code, code),
                                {1: code, 2: value[0], 3: value[1]})
+        if ticks_diff(now, self._boot_tick) < _BOOT_GRACE_MS:
+            return  # devices answer their first request within a few seconds of boot
         for role in self.devices:
             online = self.devices[role].online(now)
             was = self._offline_reported.get(role)
-            if not online and was is not True and (role != "pump" or self.running or was is False):
+            if not online and was is not True:
                 self._offline_reported[role] = True
                 self.event("device_offline", schema.SEV_WARNING, now, role)
             elif online and was is True:
@@ -284,6 +289,8 @@ class Node:
             return schema.ACK_REJECTED
         reason = self._execute(cmd, ref_tick, now)
         result = schema.ACK_OK if reason is None else schema.ACK_REJECTED
+        if self.log is not None and cmd.kind != schema.CMD_PERMIT:
+            self.log("CMD %s %s" % (schema.CMD_NAMES.get(cmd.kind, cmd.kind), reason or "ok"))
         if result == schema.ACK_OK:
             self.commands_ok += 1
         self._ack(cmd.epoch, cmd.seq, result, reason or "", now)
@@ -306,6 +313,9 @@ class Node:
                 # ``now`` was read when the command arrived; the STP frame is written now.
                 self.stop_latency_ms.append(ticks_diff(self.clock(), now))
                 del self.stop_latency_ms[:-16]
+                if self.log is not None:
+                    self.log("STOP written %d ms after the command arrived"
+                             % self.stop_latency_ms[-1])
             return None
         if cmd.kind == schema.CMD_PERMIT:
             return self.permit.grant(a[schema.A_PROGRAM_ID], ref_tick, a[schema.A_LIFETIME], now)

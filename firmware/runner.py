@@ -46,9 +46,7 @@ def attach(node, client, downlink):
     def on_message(topic, payload, retain, dup):
         if topic != downlink:
             return
-        arrived = time.ticks_ms()
-        result = node.on_command(payload, arrived)
-        log.info("command result %r (%d ms)" % (result, time.ticks_diff(time.ticks_ms(), arrived)))
+        node.on_command(payload, time.ticks_ms())
 
     client.on_connect = on_connect
     client.on_message = on_message

@@ -40,6 +40,9 @@ class GatewaySettings:
     workers: int = 1
     control_socket: str = "ivgw.sock"
     tick_ms: int = 100
+    emulation_speed: float = 1.0
+    """Only for benches and the demo, whose emulated pumps infuse N times faster than their
+    rate: the dose-conformance check scales elapsed time by it. Must be 1.0 with real pumps."""
 
 
 @dataclass(frozen=True)

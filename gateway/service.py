@@ -126,7 +126,11 @@ class Gateway:
             self.library, self.rules, care_area=cfg.clinical.care_area,
             permit_lifetime_ms=cfg.permit.lifetime_ms, clock=clock,
             conformance_tolerance_pct=cfg.clinical.conformance_tolerance_pct,
+            emulation_speed=cfg.gateway.emulation_speed,
         )
+        if cfg.gateway.emulation_speed != 1.0:
+            log.warning("emulation_speed = %s: dose conformance assumes accelerated emulated "
+                        "pumps; never use this with real pumps", cfg.gateway.emulation_speed)
         t = cfg.traffic
         self.limiter = TrafficLimiter(TrafficLimit(t.packets_per_s, t.packet_burst,
                                                    t.bytes_per_s, t.byte_burst))
@@ -138,6 +142,7 @@ class Gateway:
         self._stop = threading.Event()
         self._started_at = clock()
         self._last_tick = 0.0
+        self._announce = False
         self.processed = 0
         self._control_thread: threading.Thread | None = None
         self._control_sock: socket.socket | None = None
@@ -180,9 +185,7 @@ class Gateway:
             log.error("broker refused the connection: %s", rc)
             return
         client.subscribe(topics.uplink_filter(), qos=1)
-        anchor = self.audit.export_anchor().to_text()
-        client.publish(topics.GATEWAY_STATUS,
-                       outputs.gateway_status(True, self._started_at, VERSION, anchor), 1, True)
+        self._announce = True  # the loop publishes "online" with the audit anchor (DB thread)
         self.connected.set()
         log.info("connected to %s:%d", self.cfg.mqtt.host, self.cfg.mqtt.port)
 
@@ -246,6 +249,11 @@ class Gateway:
             except queue.Empty:
                 break
             reply.put(self._handle(req))
+        if self._announce and self.client is not None:
+            self._announce = False
+            anchor = self.audit.export_anchor().to_text()
+            self.client.publish(topics.GATEWAY_STATUS, outputs.gateway_status(
+                True, self._started_at, VERSION, anchor), 1, True)
         now = self.clock()
         if now - self._last_tick >= self.cfg.gateway.tick_ms / 1000.0:
             self._last_tick = now

@@ -9,19 +9,26 @@ the driver sees silence, exactly as with an unplugged cable.
 import select
 import socket
 
+from protocol._const import const
+
+_VTIME = const(5)
+_VMIN = const(6)
+
 
 class PtyUart:
     def __init__(self, path):
         self.path = path
         self._f = open(path, "r+b", buffering=0)
-        try:
-            import termios  # type: ignore[import-not-found]  # unix port only
+        # Raw mode, and VMIN = VTIME = 0 (Linux c_cc indices 6 and 5): MicroPython's
+        # read(n) loops until n bytes arrive, so a read must find "no more data" at once.
+        import termios  # type: ignore[import-not-found]  # unix port only
 
-            attrs = termios.tcgetattr(self._f.fileno())
-            termios.setraw(self._f.fileno())
-            del attrs
-        except (ImportError, OSError, AttributeError):
-            pass  # already raw (the emulator side sets it)
+        fd = self._f.fileno()
+        termios.setraw(fd)
+        attrs = termios.tcgetattr(fd)
+        attrs[6][_VMIN] = 0
+        attrs[6][_VTIME] = 0
+        termios.tcsetattr(fd, termios.TCSANOW, attrs)
         self._poll = select.poll()
         self._poll.register(self._f, select.POLLIN)
 
