@@ -44,7 +44,7 @@ for i in range(N):
     wire = cose.encode(cbor.dumps(telemetry(i)), signer, b"chair-01")
 sign_us = time.ticks_diff(time.ticks_us(), t0) / N
 t0 = time.ticks_us()
-for i in range(N):
+for _ in range(N):
     m = cose.verify(wire, lambda kid: verifier)
     schema.validate(cbor.loads(m.payload))
 verify_us = time.ticks_diff(time.ticks_us(), t0) / N

@@ -18,9 +18,9 @@ decimal mantissa and exponent, volumes in microlitres, rates in microlitres per 
 Unknown keys are rejected (``schema.unknown_key``): a new field means a new topic version.
 """
 
+from protocol import mdc
 from protocol._const import const
 from protocol.errors import SchemaError
-from protocol import mdc
 
 # Message types (envelope key 0)
 BIRTH = const(1)

@@ -212,6 +212,6 @@ def test_pump_offline_while_running_is_reported_once():
     node, pump, _, _ = _node()
     _start_infusion(node, Gateway(), 1000)
     pump.is_online = False
-    node.step(1100)
-    node.step(1200)
+    node.step(6100)
+    node.step(6200)
     assert len(_events(decode_outbox(node), "device_offline")) == 1
