@@ -42,12 +42,7 @@ hostile nesting depth costs neither C stack nor Python recursion; the encoder re
 its own ``max_depth``, which also stops cyclic structures.
 """
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):
-        return x
+from protocol._const import const
 
 
 from protocol.errors import DecodeError, ProtocolError
@@ -300,7 +295,7 @@ def loads(
 
     pos = 0
     items = 0
-    stack = []  # frames: [kind, list/dict/tag number, items left, pending key, previous key bytes]
+    stack = []  # type: list  # frames: [kind, list/dict/tag number, items left, pending key, previous key bytes]
     while True:
         # ---- one head (RFC 8949 §3)
         start = pos
@@ -318,6 +313,7 @@ def loads(
             if f[0] == _MAP and f[3] is _NO_KEY and major != 0 and major != 1 and major != 3:
                 _fail(BAD_KEY, start, "map key of major type %d" % major)
 
+        val = None  # type: object
         if major == 7:  # simple values and floats (RFC 8949 §3.3)
             if ai == 20:
                 val = False
@@ -363,12 +359,14 @@ def loads(
             elif major <= 3:
                 if arg > end - pos:  # before slicing: never trust a declared length
                     _fail(TRUNCATED, pos, "string of %d bytes" % arg)
-                val = data[pos : pos + arg]
+                raw = data[pos : pos + arg]
                 pos += arg
                 if major == 3:
-                    if not _utf8_ok(val):
+                    if not _utf8_ok(raw):
                         _fail(BAD_UTF8, start)
-                    val = str(val, "utf-8")
+                    val = str(raw, "utf-8")
+                else:
+                    val = raw
             elif major == 6:
                 if arg not in tags:
                     _fail(TAG_UNSUPPORTED, start, "tag %d" % arg)

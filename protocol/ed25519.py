@@ -38,12 +38,7 @@ timing many signatures is out of scope for this implementation.
 from protocol.errors import ProtocolError
 from protocol.sha512 import SHA512
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):
-        return x
+from protocol._const import const
 
 
 # Curve constants (RFC 8032 §5.1): p, L, d = -121665/121666, sqrt(-1) = 2^((p-1)/4) and
@@ -253,7 +248,7 @@ def _comb_table(pt):
                 e = _add(acc, _cached(q))  # entry 0: top tooth minus all the others
             if c < _COMBS - 1 or t < _TEETH - 1:
                 q = _dbln(q, _SPACING)
-        acc = None
+        acc = None  # type: ignore[assignment]  # free the accumulator early
         batch = []
         for i in range(_ENTRIES):
             idx = i ^ (i >> 1)  # Gray code: one sign flips from entry to entry

@@ -13,12 +13,7 @@ concatenated copy of a large message.
 
 import struct
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):
-        return x
+from protocol._const import const
 
 
 _BLOCK = const(128)  # bytes per SHA-512 block (FIPS 180-4 §1)
@@ -190,10 +185,10 @@ class PureSHA512:
         return "".join("%02x" % b for b in self.digest())
 
 
-try:
-    from hashlib import sha512 as SHA512  # CPython: the C implementation
-except ImportError:  # MicroPython: hashlib has no sha512 at all
-    SHA512 = PureSHA512
+import hashlib
+
+# CPython: the C implementation; MicroPython's hashlib has no sha512 at all.
+SHA512 = getattr(hashlib, "sha512", PureSHA512)
 
 
 def sha512(data):
