@@ -162,3 +162,29 @@ class TcpTransport(_Base):
         if self._server is not None:
             self._server.close()
             self._server = None
+
+
+class SerialTransport(_Base):
+    """A real serial port: a USB-serial adapter wired to a real board's UART, for running the
+    hardware-in-the-loop suite against hardware (docs/hil.md). Needs pyserial (installed
+    with mpremote). Baud rate and framing are the device's (docs/devices.md)."""
+
+    def __init__(self, emulator, port, baudrate=9600, bytesize=8, parity="N", stopbits=1, **kw):
+        import serial  # pyserial: only needed with real hardware
+
+        super().__init__(emulator, **kw)
+        self._ser = serial.Serial(port, baudrate, bytesize=bytesize, parity=parity,
+                                  stopbits=stopbits, timeout=0)
+        self.path = port
+
+    def _step(self):
+        data = self._ser.read(4096)
+        if data:
+            self.emulator.receive(data)
+        out = self.emulator.service()
+        if out:
+            self._ser.write(out)
+        self._stop.wait(self.tick_s)
+
+    def _close(self):
+        self._ser.close()

@@ -14,8 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from emulators import DatexS5, Ne1000Pump, PtyTransport, Radical7
+from emulators.transport import SerialTransport
 from protocol import cose
-from testbed.dut import EmulatedNode
+from testbed.dut import BoardNode, EmulatedNode
+
+# Serial framing of each device (docs/devices.md), for real serial ports.
+_SERIAL = {"pump": (19200, "N"), "oximeter": (9600, "N"), "monitor": (19200, "E")}
 
 
 @dataclass
@@ -47,7 +51,10 @@ class EmulatedChair:
                  monitor_source: Any = None, speed: float = 1.0, with_monitor: bool = True,
                  local_limits: dict | None = None, heap: str = "256k", saf_s: int = 5,
                  telemetry_ms: int = 1000, nibp_interval_s: float | None = 60.0,
-                 tls: dict | None = None):
+                 tls: dict | None = None, board: dict | None = None):
+        """``board``: run against a real board instead of the unix port: ``{"port": the
+        board's USB console, "uarts": {role: host serial port wired to that UART},
+        "wiring": {role: {"port": "uart:N", "tx": pin, "rx": pin}}}`` (docs/hil.md)."""
         self.node_id, self.site, self.chair = node_id, site, chair
         self.dir = workdir / node_id
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -57,14 +64,25 @@ class EmulatedChair:
         self.oximeter = Radical7(oximeter_source or self.vitals.oximeter, period_s=1.0)
         self.monitor = (DatexS5(monitor_source or self.vitals.monitor,
                                 nibp_interval_s=nibp_interval_s) if with_monitor else None)
-        self.transports = {"pump": PtyTransport(self.pump), "oximeter": PtyTransport(self.oximeter)}
+        devices = {"pump": self.pump, "oximeter": self.oximeter}
         if self.monitor is not None:
-            self.transports["monitor"] = PtyTransport(self.monitor)
+            devices["monitor"] = self.monitor
+        self.board = board
+        self.transports: dict[str, Any] = {}
+        for role, emu in devices.items():
+            if board:
+                baud, parity = _SERIAL[role]
+                self.transports[role] = SerialTransport(emu, board["uarts"][role], baud,
+                                                        parity=parity)
+            else:
+                self.transports[role] = PtyTransport(emu)
         self.seed = os.urandom(32)
         self.public = cose.Ed25519Signer(self.seed).public
         self._write_bundle(broker_host, broker_port, gateway_pub, local_limits, saf_s,
                            telemetry_ms, tls)
-        self.node = EmulatedNode(self.dir, workdir, node_id, heap=heap)
+        self.node: EmulatedNode | BoardNode = (
+            BoardNode(board["port"], self.dir, workdir, node_id) if board
+            else EmulatedNode(self.dir, workdir, node_id, heap=heap))
 
     @property
     def id(self) -> str:
@@ -84,6 +102,9 @@ class EmulatedChair:
             wiring["monitor"] = {"driver": "datex-s5",
                                  "port": "pty:" + self.transports["monitor"].path,
                                  "interval_s": 5}
+        if self.board:
+            for role in wiring:
+                wiring[role].update(self.board["wiring"][role])
         state = self.dir / "state"
         state.mkdir(exist_ok=True)
         cfg = {

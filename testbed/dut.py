@@ -169,7 +169,11 @@ class BoardNode:
         build = firmware_build.build()
         self._mpremote("fs", "cp", "-r", str(build / "protocol"), str(build / "firmware"), ":")
         for f in sorted(self.bundle.iterdir()):
-            self._mpremote("fs", "cp", str(f), ":" + f.name)
+            if f.is_file():
+                self._mpremote("fs", "cp", str(f), ":" + f.name)
+        boot = self.log_path.parent / ("%s-main.py" % self.name)
+        boot.write_text("import firmware.main as m\nm.main('/')\n")
+        self._mpremote("fs", "cp", str(boot), ":main.py")
         exe = shutil.which("mpremote") or os.path.join(os.path.dirname(sys.executable), "mpremote")
         # Reset, then follow the console: the board runs main.py (firmware.main) on boot.
         self.proc = subprocess.Popen([exe, "connect", self.port, "reset", "+", "repl"],
