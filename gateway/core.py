@@ -274,9 +274,10 @@ class GatewayCore:
         if kind == "local_interlock":
             # The node stopped the pump on its own hard limit: latch the chair here too, so
             # the infusion resumes only after an operator's acknowledgement.
-            self._apply(chair, self.engine.e_stop(chair.id, "node " + chair.node.node_id,
-                                                  msg.get(schema.E_DETAIL, "local limit"), now),
-                        now)
+            self._apply(chair, self.engine.trip(
+                chair.id, "node.local_interlock",
+                "node %s local limit: %s" % (chair.node.node_id,
+                                             msg.get(schema.E_DETAIL, "hard limit")), now), now)
 
     def _on_ack(self, chair: Chair, msg: dict, now: float) -> None:
         epoch, seq = msg[schema.K_CMD]
@@ -331,15 +332,15 @@ class GatewayCore:
         if mism:
             text = "; ".join("%s %s: expected %s, pump reports %s"
                              % (m.field, m.kind, m.expected, m.actual) for m in mism)
-            self._apply(chair, self.engine.e_stop(chair.id, ACTOR, "pump mismatch: " + text, now),
-                        now)
+            self._apply(chair, self.engine.trip(chair.id, "dose.mismatch",
+                                                "pump mismatch: " + text, now), now)
             return
         infused = pump.get(schema.P_INFUSED)
         if infused is not None:
             cum = check_cumulative(prog, chair.infused_base_ul + infused)
             if cum.exceeded:
-                self._apply(chair, self.engine.e_stop(
-                    chair.id, ACTOR, "maximum cumulative dose reached (%s %s)"
+                self._apply(chair, self.engine.trip(
+                    chair.id, "dose.cumulative", "maximum cumulative dose reached (%s %s)"
                     % (cum.delivered_dose, cum.unit), now), now)
 
     def _maybe_complete(self, chair: Chair, now: float) -> None:
