@@ -176,6 +176,7 @@ class Gateway:
         client.on_message = self._on_message
         client.on_disconnect = self._on_disconnect
         client.max_inflight_messages_set(100)
+        client.reconnect_delay_set(min_delay=1, max_delay=10)
         client.max_queued_messages_set(0)
         return client
 
