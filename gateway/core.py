@@ -83,7 +83,6 @@ class Chair:
     last_seen: float = 0.0
     boot: int = -1
     last_seq: int = -1
-    last_uptime_ms: int = 0
     firmware: str = ""
     capabilities: tuple[str, ...] = ()
     vitals: dict[int, tuple[Decimal, float]] = field(default_factory=dict)
@@ -95,7 +94,7 @@ class Chair:
     running: bool = False  # operator started and not stopped since
     started_at: float | None = None
     infused_base_ul: int = 0  # delivered under earlier programs of this session
-    program_sent: int | None = None  # session id of the last program command sent
+    program_sent: tuple[int, int] | None = None  # (session id, node boot) of the last program
     permit_until: float = 0.0
     permit_state: str = "withheld"
     evaluation: Evaluation | None = None
@@ -248,14 +247,14 @@ class GatewayCore:
         self.store.save_replay(v.node, cur, prev, gaps)
         self.store.add_packet(v.node, v.boot, v.seq, v.kind, now, chair.session_id, v.msg)
         self._count("accepted." + v.kind)
-        if v.boot >= chair.boot:
-            if v.boot > chair.boot and chair.boot >= 0:
+        # Commands reference the node's newest message: (boot, seq) only moves forward.
+        if v.boot > chair.boot:
+            if chair.boot >= 0:
                 self._event(chair, "node_rebooted", "info", "node %s boot %d -> %d"
                             % (v.node, chair.boot, v.boot), now)
-            chair.boot = v.boot
-            if v.seq > chair.last_seq or v.boot > chair.boot:
-                chair.last_seq = v.seq
-                chair.last_uptime_ms = v.msg[schema.K_T]
+            chair.boot, chair.last_seq = v.boot, v.seq
+        elif v.boot == chair.boot and v.seq > chair.last_seq:
+            chair.last_seq = v.seq
         chair.online, chair.last_seen = True, now
         # Every evaluation goes through _apply: a duration rule can complete in any of them.
         self._apply(chair, self.engine.node_seen(chair.id, now), now)
@@ -494,7 +493,7 @@ class GatewayCore:
     def _send_program(self, chair: Chair, operator: str, now: float) -> None:
         assert chair.auth is not None and chair.session_id is not None
         prog = chair.auth.program
-        chair.program_sent = chair.session_id
+        chair.program_sent = (chair.session_id, chair.boot)
         self._command(chair, schema.CMD_PROGRAM, {
             schema.A_PROGRAM_ID: chair.session_id, schema.A_RATE: prog.rate_ul_h,
             schema.A_VTBI: prog.vtbi_ul, schema.A_DIAMETER: chair.diameter_cmm,
@@ -533,7 +532,8 @@ class GatewayCore:
         if not ev.permit_ok:
             raise ActionError("chair %s cannot start: %s" % (chair.id, "; ".join(
                 ev.reasons_not_ok) or "interlock"), "interlock")
-        if chair.program_sent != chair.session_id and chair.pump.get(
+        # A node loses its program when it reboots: send it again unless this boot has it.
+        if chair.program_sent != (chair.session_id, chair.boot) and chair.pump.get(
                 schema.P_PROGRAM) != chair.session_id:
             self._send_program(chair, operator, now)
         chair.running = True
