@@ -48,22 +48,39 @@ def _drivers(cfg):
     return pump, oxi, mon
 
 
-def build(base):
-    import time
+def _unload(*names):
+    for name in names:
+        sys.modules.pop(name, None)
 
-    from firmware.mqtt.client import MQTTClient, tls_context
-    from firmware.node import Node
+
+def build(base):
+    """Boot in the order that keeps the heap small: the Ed25519 tables (the largest single
+    allocations) are built first on an empty heap; boot-only modules are dropped before the
+    run-time ones are imported (docs/firmware.md, "Footprint")."""
+    import gc
+    import time
 
     cfg = config.load(base)
     if cfg.wifi:
         wifi.connect(cfg.wifi["ssid"], cfg.wifi["password"])
     boot = bootcount.next_boot(cfg.state_dir)
+    _unload("firmware.bootcount", "firmware.config", "firmware.hal.wifi")
+    gc.collect()
+    from protocol import cose
+
+    signer = cose.Ed25519Signer(cfg.node_key)
+    verifier = cose.Ed25519Verifier(cfg.gateway_pub)
+    gc.collect()
+
+    from firmware.mqtt.client import MQTTClient, tls_context
+    from firmware.node import Node
+
     pump, oxi, mon = _drivers(cfg)
     uarts = {}
     for role in cfg.wiring:
         uarts[role] = _open(role, cfg.wiring[role])
-    node = Node(cfg, boot, time.ticks_ms(), uarts, pump, oxi, mon,
-                board=sys.platform, clock=time.ticks_ms, log=log.info)
+    node = Node(cfg, boot, time.ticks_ms(), uarts, pump, oxi, mon, board=sys.platform,
+                clock=time.ticks_ms, log=log.info, signer=signer, gateway_verifier=verifier)
     ssl = None
     if cfg.tls:
         ssl = tls_context(cfg.tls["ca"], cfg.tls["cert"], cfg.tls["key"])
@@ -74,6 +91,7 @@ def build(base):
     )
     log.info("node %s boot %d: %s" % (cfg.node_id, boot, ", ".join(
         role + "=" + cfg.wiring[role]["port"] for role in cfg.wiring)))
+    gc.collect()
     return cfg, node, client
 
 

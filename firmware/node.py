@@ -59,7 +59,7 @@ def _beyond(value, lo, hi):
 
 class Node:
     def __init__(self, cfg, boot, now, uarts, pump, oximeter=None, monitor=None, board="unix",
-                 clock=None, log=None):
+                 clock=None, log=None, signer=None, gateway_verifier=None):
         self.cfg = cfg
         self.node_id = cfg.node_id
         self.kid = cfg.node_id.encode()
@@ -67,7 +67,7 @@ class Node:
         self.board = board
         self.clock = clock  # ticks_ms-like callable, for latency figures only (None in tests)
         self.log = log  # console line writer (firmware/log.py on a board), or None
-        self.signer = cose.Ed25519Signer(cfg.node_key)
+        self.signer = signer or cose.Ed25519Signer(cfg.node_key)
         self.uarts = uarts  # role -> UART object (read/write/close)
         self.pump = pump
         self.oximeter = oximeter
@@ -81,7 +81,8 @@ class Node:
         self.telemetry_ms = n["telemetry_ms"]
         self.permit = Permit(n["permit_max_ms"])
         self.sentlog = SentLog(32)
-        self.gate = CommandGate(self.node_id, cose.Ed25519Verifier(cfg.gateway_pub),
+        self.gate = CommandGate(self.node_id,
+                                gateway_verifier or cose.Ed25519Verifier(cfg.gateway_pub),
                                 cfg.gateway_kid, self.sentlog, n["command_max_age_ms"])
         self.outbox = Outbox(cfg.state_dir + "/spool.bin", n["ram_slots"], n["spool_max_bytes"])
         self._seq = 1  # seq 0 of every boot is the pre-signed death message (Last Will)
