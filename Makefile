@@ -40,8 +40,11 @@ mosquitto:
 	  ($(SUDO) systemctl disable --now mosquitto >/dev/null 2>&1 || true); \
 	fi
 
+# The main job on embedded defaults: gateway, embedded broker, three emulated chairs
+# (real firmware in MicroPython); one chair trips an interlock; reports at the end.
 demo: setup
 	$(BIN)/python -m gateway.selfcheck
+	$(BIN)/ivgw demo
 
 lint: setup
 	$(BIN)/ruff check protocol gateway firmware emulators tests hil_tests bench

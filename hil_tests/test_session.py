@@ -8,7 +8,6 @@ import time
 
 from hil_tests.conftest import figure
 
-
 # The smallest heap a full session is known to run in on the 64-bit unix port (bytecode is
 # loaded into the heap here; a board runs it from flash when frozen): docs/firmware.md.
 SESSION_HEAP = "192k"

@@ -43,8 +43,6 @@ its own ``max_depth``, which also stops cyclic structures.
 """
 
 from protocol._const import const
-
-
 from protocol.errors import DecodeError, ProtocolError
 
 TRUNCATED = "cbor.truncated"

@@ -35,11 +35,9 @@ signing key never leaves the node and the packets are public, but a co-resident 
 timing many signatures is out of scope for this implementation.
 """
 
+from protocol._const import const
 from protocol.errors import ProtocolError
 from protocol.sha512 import SHA512
-
-from protocol._const import const
-
 
 # Curve constants (RFC 8032 §5.1): p, L, d = -121665/121666, sqrt(-1) = 2^((p-1)/4) and
 # B = (x, 4/5) with x even. Big ints cannot be const() on every port: plain globals, copied

@@ -11,10 +11,10 @@ hashlib), so more data may follow. Ed25519 feeds R, A and M in turn instead of b
 concatenated copy of a large message.
 """
 
+import hashlib
 import struct
 
 from protocol._const import const
-
 
 _BLOCK = const(128)  # bytes per SHA-512 block (FIPS 180-4 §1)
 _M64 = 0xFFFFFFFFFFFFFFFF
@@ -184,8 +184,6 @@ class PureSHA512:
     def hexdigest(self):
         return "".join("%02x" % b for b in self.digest())
 
-
-import hashlib
 
 # CPython: the C implementation; MicroPython's hashlib has no sha512 at all.
 SHA512 = getattr(hashlib, "sha512", PureSHA512)

@@ -56,6 +56,7 @@ class MosquittoBroker:
     """
 
     host = "127.0.0.1"
+    mqtt_protocol = "5"
 
     def __init__(self, workdir=None, extra_config=(), tls=None, persistence=False):
         self._own_dir = workdir is None

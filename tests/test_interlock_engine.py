@@ -213,9 +213,9 @@ def test_oscillation_around_the_limit_does_not_restart_the_timer() -> None:
 def test_oscillation_met_while_back_in_range_trips_when_it_goes_out_again() -> None:
     c = running_chair(99)
     for t in range(100, 110):
-        c.vitals(t, spo2=89 if t < 105 else 91)  # out 100-104, back in from 105
+        c.vitals(t, spo2=89 if t < 109 else 91)  # out 100-108, back in from 109
     assert not c.tick(110).tripped  # in range when the duration completes
-    ev = c.vitals(111, spo2=89)  # out again before clear_s (10 s) passed
+    ev = c.vitals(111, spo2=89)  # out again before clear_s (default 3 s) passed
     (trip,) = ev.tripped
     assert (trip.breach_at, trip.condition_met_at) == (100, 111)
 
@@ -238,7 +238,7 @@ def test_value_back_in_range_for_clear_s_restarts_the_timer() -> None:
     for t in range(100, 105):
         c.vitals(t, spo2=89)
     for t in range(105, 116):
-        c.vitals(t, spo2=95)  # in range for 10 s (clear_s = for_s): breach forgotten
+        c.vitals(t, spo2=95)  # in range for 10 s (> clear_s): breach forgotten
     for t in range(116, 126):
         c.vitals(t, spo2=89)
     assert not c.trips
@@ -465,18 +465,18 @@ def test_latch_holds_after_recovery_and_ack_needs_the_condition_gone() -> None:
     assert ack.message.startswith("refused: chair chair-01 still has an active alarm: spo2 low")
     assert [a.rule for a in ack.still_active] == ["spo2.critical.low"]
 
-    for t in range(111, 120):
+    for t in range(111, 114):
         ev = c.vitals(t, spo2=96)
         assert ev.latched and not ev.permit_ok  # recovered, but still latched
-    ack = c.engine.acknowledge(CHAIR, "nurse", "checked", 119)
-    assert not ack.accepted  # back in range 8 s of the 10 s needed
-    assert "back in range 8 s of the 10 s needed" in ack.message
+    ack = c.engine.acknowledge(CHAIR, "nurse", "checked", 113)
+    assert not ack.accepted  # back in range 2 s of the 3 s needed (default clear_s)
+    assert "back in range 2 s of the 3 s needed" in ack.message
 
-    c.vitals(121, spo2=96)
-    ack = c.engine.acknowledge(CHAIR, "nurse", "checked", 121)
+    c.vitals(114, spo2=96)
+    ack = c.engine.acknowledge(CHAIR, "nurse", "checked", 114)
     assert ack.accepted and [t.rule for t in ack.cleared] == ["spo2.critical.low"]
     assert ack.evaluation.permit_ok
-    assert c.vitals(122).permit_ok
+    assert c.vitals(115).permit_ok
 
 
 def test_ack_refused_without_fresh_data_to_show_recovery() -> None:

@@ -28,7 +28,7 @@ from gateway.config import Config, ConfigError, load
 OK, REFUSED, USAGE, NOT_FOUND, UNREACHABLE, CONFIG = 0, 1, 2, 3, 4, 5
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # errors stay one line, never wrapped
 
 ConfigOption = typer.Option(
     None, "--config", "-c", envvar="IVGW_CONFIG",

@@ -88,6 +88,13 @@ _PUMP_REQUIRED = ("trip_on_alarms", "node_offline_s")
 # -- the model ------------------------------------------------------------------------------
 
 
+# A started breach is forgotten after this long back in range unless the band says otherwise:
+# long enough that a value wobbling around a threshold (89, 91, 89, ...) keeps its timer
+# running, short enough that two isolated motion artefacts 8 s apart do not add up to a
+# "10 s" desaturation (seen in the demo before this default: docs/interlocks.md).
+DEFAULT_CLEAR_S = 3.0
+
+
 @dataclass(frozen=True)
 class Band:
     """One severity's limits on one vital, with its timing.
@@ -607,7 +614,7 @@ class _Reader:
             if "for_s" in f
             else None
         )
-        clear_s: float | None = for_s
+        clear_s: float | None = None if for_s is None else min(for_s, DEFAULT_CLEAR_S)
         if "clear_s" in f:
             clear_s = self.seconds(f["clear_s"][1], _join(path, "clear_s"), positive=False)
         if not ok or for_s is None or clear_s is None:

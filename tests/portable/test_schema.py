@@ -1,6 +1,7 @@
 """Message schema: every type validates; each kind of fault is rejected with its reason."""
 
-from protocol import mdc, schema as s
+from protocol import mdc
+from protocol import schema as s
 from protocol.errors import SchemaError
 from tests.portable.harness import check_cases, raises
 
