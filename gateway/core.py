@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from gateway import outputs
+from gateway import db, outputs
 from gateway.audit import AuditLog, Kinds
 from gateway.commander import Commander, OutgoingCommand
 from gateway.druglib import (
@@ -143,6 +143,12 @@ class GatewayCore:
 
     # --- start-up ---------------------------------------------------------------------------
     def _load(self) -> None:
+        # One transaction: a write outside it would leave sqlite3's implicit transaction open
+        # and turn every later db.transaction() into a savepoint that never commits.
+        with db.transaction(self.store.conn):
+            self._load_state()
+
+    def _load_state(self) -> None:
         states = self.store.replay_states()
         snaps = self.store.interlock_snapshots()
         for rec in self.store.nodes():

@@ -200,6 +200,10 @@ class Gateway:
         self.inbox.put(_Incoming(msg.mid, msg.qos, msg.topic, bytes(msg.payload), self.clock()))
 
     def start(self, connect: bool = True) -> None:
+        if self.conn.in_transaction:
+            # Every write must happen inside db.transaction(); an open implicit transaction
+            # here would silently keep all later commits from reaching the disk.
+            raise ServiceError("internal error: a database transaction was left open at start")
         keys = {n.node_id: n.key for n in self.store.nodes()}
         self.pool = VerifierPool(self.cfg.gateway.workers, keys)
         self._start_control()

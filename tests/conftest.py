@@ -83,3 +83,14 @@ def no_leaks():
             "test leaked threads %s and child processes %s"
             % ([t.name for t in threads], ["%d %s %s" % (p, s, c) for p, (s, c) in kids.items()])
         )
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The conformance counts under CPython (the MicroPython run prints its own)."""
+    from tests.portable import harness
+
+    lines = harness.tally_lines()
+    if lines:
+        terminalreporter.section("conformance vectors (CPython)")
+        for line in lines:
+            terminalreporter.write_line(line)
