@@ -11,7 +11,7 @@ STUBS  := $(VENV)/mpy-stubs
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export IVGW_VECTORS ?= $(abspath ../shared/vectors)
 
-.PHONY: setup mosquitto demo selfcheck test test-mpy test-py lint typecheck bench bench-protocol clean
+.PHONY: setup mosquitto demo test test-mpy test-py lint typecheck bench bench-protocol soak clean
 
 setup: $(STAMP) $(STUBS)/.installed
 
@@ -67,6 +67,10 @@ bench-protocol: setup
 	$(BIN)/python bench/protocol_bench.py
 
 bench: bench-protocol
+
+# Long soak runs (hours, many chairs): IVGW_SOAK_S=3600 IVGW_SOAK_CHAIRS=6 make soak
+soak: setup mosquitto
+	$(BIN)/python -m pytest -m soak -s hil_tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
