@@ -716,8 +716,10 @@ def render_report(
         )
     ax_v.grid(alpha=0.3)
     # rate
+    # The pump reports its programmed rate even while stopped: plot what actually flows.
     rates = [
-        ((p.received_at - data.t0) / 60.0, float(p.pump["rate_ml_h"]))
+        ((p.received_at - data.t0) / 60.0,
+         float(p.pump["rate_ml_h"]) if p.pump.get("state") == "infusing" else 0.0)
         for p in data.packets
         if p.kind == "telemetry" and p.pump.get("rate_ml_h") is not None
     ]
