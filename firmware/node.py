@@ -67,6 +67,8 @@ class Node:
         self.board = board
         self.clock = clock  # ticks_ms-like callable, for latency figures only (None in tests)
         self.log = log  # console line writer (firmware/log.py on a board), or None
+        self.wake = None  # an asyncio.Event the runner waits on for new outbox packets
+        self._nibp_seq = 0
         self.signer = signer or cose.Ed25519Signer(cfg.node_key)
         self.uarts = uarts  # role -> UART object (read/write/close)
         self.pump = pump
@@ -120,6 +122,8 @@ class Node:
 
     def _queue(self, kind, msg, critical):
         self.outbox.put(kind, self._sign(msg), critical)
+        if self.wake is not None:
+            self.wake.set()  # the uplink task sends it now, not at its next poll
 
     def event(self, kind, severity, now, detail="", data=None):
         if self.log is not None:
@@ -164,6 +168,12 @@ class Node:
             if out:
                 uart.write(out)
         self._guard(now)
+        mon = self.monitor
+        if mon is not None and mon.nibp_seq != self._nibp_seq:
+            # A new cuff reading goes out at once: NIBP rules act on a single reading and it
+            # arrives only every ~10 minutes, so waiting for the next 1 s tick is pure delay.
+            self._nibp_seq = mon.nibp_seq
+            self._next_telemetry = now
         if ticks_diff(now, self._next_telemetry) >= 0:
             self._next_telemetry = ticks_add(now, self.telemetry_ms)
             self._telemetry(now)

@@ -25,9 +25,18 @@ async def _steps(node, watchdog, step_ms):
 
 async def _uplink(node, client):
     box = node.outbox
+    wake = asyncio.Event()
+    node.wake = wake
     while True:
         head = box.peek()
-        if head is None or not client.is_connected():
+        if head is None:
+            wake.clear()
+            try:  # woken by the node when it queues a packet; the timeout is a safety net
+                await asyncio.wait_for_ms(wake.wait(), 200)
+            except asyncio.TimeoutError:
+                pass
+            continue
+        if not client.is_connected():
             await asyncio.sleep_ms(20)
             continue
         kind, packet, _ = head

@@ -65,7 +65,20 @@ STATE_CLOSED = const(4)  # close() finished; run() has returned
 _RBUF = const(128)  # socket read chunk; payloads go straight into their own buffer
 _MAX_TICK_MS = const(250)  # supervisor period cap
 _MAX_PUBACKS = const(16)  # pending PUBACKs before the reader waits for the sender
-_STABLE_MS = const(30000)  # a link up this long resets the backoff
+_STABLE_MS = const(30000)
+_IPPROTO_TCP = const(6)
+_TCP_NODELAY = const(1)  # a link up this long resets the backoff
+
+
+def _nodelay(stream):
+    """TCP_NODELAY: a small packet (a stop's ack, an alarm) must not wait for the ACK of
+    the previous one under Nagle's algorithm, which the peer may delay ~40 ms. Best effort:
+    TLS streams and some ports do not expose the socket."""
+    sock = getattr(stream, "s", None)
+    try:
+        sock.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
+    except (AttributeError, OSError, TypeError):
+        pass
 
 
 def _rand16():
@@ -396,6 +409,7 @@ class MQTTClient:
         )
         self._stream = r
         self._writer = w
+        _nodelay(w)
         w.write(self._connect_pkt)
         await w.drain()
         data = await r.readexactly(4)  # a CONNACK is always exactly 4 bytes [§3.2]
