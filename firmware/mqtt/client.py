@@ -75,6 +75,8 @@ def _nodelay(stream):
     the previous one under Nagle's algorithm, which the peer may delay ~40 ms. Best effort:
     TLS streams and some ports do not expose the socket."""
     sock = getattr(stream, "s", None)
+    if sock is None:
+        return
     try:
         sock.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
     except (AttributeError, OSError, TypeError):
