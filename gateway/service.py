@@ -143,6 +143,7 @@ class Gateway:
         self._started_at = clock()
         self._last_tick = 0.0
         self._announce = False
+        self._inflight: tuple | None = None  # a batch at the workers, not yet applied
         self.processed = 0
         self._control_thread: threading.Thread | None = None
         self._control_sock: socket.socket | None = None
@@ -241,13 +242,19 @@ class Gateway:
         """One loop iteration: a batch of packets, control requests, the tick."""
         batch: list[_Incoming] = []
         try:
-            batch.append(self.inbox.get(timeout=timeout))
+            # With a batch at the workers, never block: apply it as soon as it is verified.
+            batch.append(self.inbox.get(timeout=timeout) if self._inflight is None
+                         else self.inbox.get_nowait())
             while len(batch) < _BATCH:
                 batch.append(self.inbox.get_nowait())
         except queue.Empty:
             pass
-        if batch:
-            self._process(batch)
+        # Pipelined: this batch goes to the workers before the previous one is applied, so
+        # signature checks and the SQLite commit of the previous batch overlap.
+        submitted = self._submit(batch) if batch else None
+        if self._inflight is not None:
+            self._apply(*self._inflight)
+        self._inflight = submitted
         while True:
             try:
                 req, reply = self.control.get_nowait()
@@ -267,7 +274,7 @@ class Gateway:
             self._publish(self.core.take_output())
         return len(batch)
 
-    def _process(self, batch: list[_Incoming]) -> None:
+    def _submit(self, batch: list[_Incoming]) -> tuple:
         assert self.pool is not None
         allowed: list[_Incoming] = []
         limited: list[_Incoming] = []
@@ -276,7 +283,13 @@ class Gateway:
                 allowed.append(item)
             else:
                 limited.append(item)
-        results = self.pool.verify_batch([(i.topic, i.payload) for i in allowed])
+        ticket = self.pool.submit([(i.topic, i.payload) for i in allowed])
+        return batch, allowed, limited, ticket
+
+    def _apply(self, batch: list[_Incoming], allowed: list[_Incoming],
+               limited: list[_Incoming], ticket: Any) -> None:
+        assert self.pool is not None
+        results = self.pool.collect(ticket)
         with db.transaction(self.conn):
             for item in limited:
                 self.core.reject(Rejected(node_hint(item.topic) or None, "traffic.limited",
@@ -418,6 +431,12 @@ class Gateway:
 
     def close(self) -> None:
         self._stop.set()
+        if self._inflight is not None and self.pool is not None:
+            try:
+                self._apply(*self._inflight)  # store and ack what the workers already have
+            except Exception:  # noqa: BLE001 - unacked messages are redelivered anyway
+                log.exception("could not apply the last batch while closing")
+            self._inflight = None
         if self.client is not None:
             self.client.publish(topics.GATEWAY_STATUS,
                                 outputs.gateway_status(False, self._started_at, VERSION), 1, True)

@@ -14,11 +14,19 @@ from __future__ import annotations
 import multiprocessing as mp
 import zlib
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.verify import NodeKey, PacketVerifier, Rejected, Verified
 
 Result = Verified | Rejected
+
+
+@dataclass(frozen=True)
+class Ticket:
+    size: int
+    shards: tuple[int, ...]
+    results: list[Result] | None  # already known (inline verification)
 
 
 def _worker(inq: Any, outq: Any, keys: dict[str, NodeKey]) -> None:
@@ -78,25 +86,36 @@ class VerifierPool:
         for q in self._inqs:
             q.put([("unkey", node)])
 
-    def verify_batch(self, items: Sequence[tuple[str, bytes]]) -> list[Result]:
-        """Verify ``(topic, payload)`` items; results come back in the same order."""
+    def submit(self, items: Sequence[tuple[str, bytes]]) -> Ticket:
+        """Hand ``(topic, payload)`` items to the workers and return at once: the caller
+        applies the previous batch while the workers verify this one (pipelining)."""
         if self._inline is not None:
-            return [self._inline.verify(t, p) for t, p in items]
+            return Ticket(len(items), (), [self._inline.verify(t, p) for t, p in items])
         n = self.workers
         shards: list[list[tuple]] = [[] for _ in range(n)]
         for idx, (topic, payload) in enumerate(items):
             shards[_shard(node_hint(topic), n)].append(("pkt", idx, topic, payload))
-        pending = 0
+        used = []
         for i, shard in enumerate(shards):
             if shard:
                 self._inqs[i].put(shard)
-                pending += 1
-        results: list[Result | None] = [None] * len(items)
-        for i, shard in enumerate(shards):
-            if shard:
-                for idx, res in self._outqs[i].get():
-                    results[idx] = res
+                used.append(i)
+        return Ticket(len(items), tuple(used), None)
+
+    def collect(self, ticket: Ticket) -> list[Result]:
+        """The results of a submitted batch, in its order. Tickets must be collected in the
+        order they were submitted (each worker answers in FIFO order)."""
+        if ticket.results is not None:
+            return ticket.results
+        results: list[Result | None] = [None] * ticket.size
+        for i in ticket.shards:
+            for idx, res in self._outqs[i].get():
+                results[idx] = res
         return [r for r in results if r is not None]
+
+    def verify_batch(self, items: Sequence[tuple[str, bytes]]) -> list[Result]:
+        """Verify ``(topic, payload)`` items; results come back in the same order."""
+        return self.collect(self.submit(items))
 
     def close(self) -> None:
         for q in self._inqs:
