@@ -66,7 +66,9 @@ test: setup mosquitto lint typecheck test-mpy test-py
 bench-protocol: setup
 	$(BIN)/python bench/protocol_bench.py
 
-bench: bench-protocol
+# Every benchmark (docs/performance.md), about 14 minutes on 2 cores; results in bench/results.
+bench: setup mosquitto
+	$(BIN)/python bench/run_all.py
 
 # Long soak runs (hours, many chairs): IVGW_SOAK_S=3600 IVGW_SOAK_CHAIRS=6 make soak
 soak: setup mosquitto

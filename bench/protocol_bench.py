@@ -65,9 +65,17 @@ def min_heap_kib(build: Path) -> int:
     return lo
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Protocol benchmark (make bench-protocol).")
+    ap.add_argument("--n-mpy", type=int, default=200, help="MicroPython repeats")
+    ap.add_argument("--n-cpython", type=int, default=2000, help="CPython repeats")
+    ap.add_argument("--no-heap", action="store_true", help="skip the heap bisection")
+    ap.add_argument("--out", default=None, help="results folder (default bench/results)")
+    args = ap.parse_args(argv)
     build = firmware_build.build()
-    n_mpy = 200
+    n_mpy = args.n_mpy
     r = subprocess.run(
         [micropython_path(), "-X", "heapsize=256k", str(ROOT / "bench" / "mpy_protocol.py"),
          str(n_mpy)],
@@ -78,13 +86,17 @@ def main() -> int:
         print(r.stdout + r.stderr, file=sys.stderr)
         return 1
     mpy = json.loads(r.stdout.strip().splitlines()[-1])
-    mpy["min_heap_kib_to_sign"] = min_heap_kib(build)
+    mpy["min_heap_kib_to_sign"] = None if args.no_heap else min_heap_kib(build)
     sys.path.insert(0, str(ROOT / "bench"))
     ns: dict = {}
     src = (ROOT / "bench" / "mpy_protocol.py").read_text()
-    exec(compile(src.split("wire = cose.encode")[0].replace("N = int", "N_ = int"),
-                 "mpy_protocol", "exec"), ns)
-    cpy = cpython(2000, ns["telemetry"])
+    saved, sys.argv = sys.argv, sys.argv[:1]  # the script reads its repeat count from argv
+    try:
+        exec(compile(src.split("wire = cose.encode")[0].replace("N = int", "N_ = int"),
+                     "mpy_protocol", "exec"), ns)
+    finally:
+        sys.argv = saved
+    cpy = cpython(args.n_cpython, ns["telemetry"])
     result = {
         "machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
                     "platform": platform.platform()},
@@ -94,7 +106,7 @@ def main() -> int:
         "ratio_sign_mpy_over_cpython": mpy["sign_us"] / cpy["sign_us"],
         "ratio_verify_mpy_over_cpython": mpy["verify_us"] / cpy["verify_us"],
     }
-    out = ROOT / "bench" / "results" / "protocol.json"
+    out = (Path(args.out) if args.out else ROOT / "bench" / "results") / "protocol.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print("typical telemetry packet: %d bytes" % cpy["size"])
@@ -102,10 +114,10 @@ def main() -> int:
           % (mpy["sign_us"], cpy["sign_us"], result["ratio_sign_mpy_over_cpython"]))
     print("decode+verify MicroPython %8.0f us   CPython %6.0f us   ratio %5.1f"
           % (mpy["verify_us"], cpy["verify_us"], result["ratio_verify_mpy_over_cpython"]))
-    print("MicroPython: smallest heap that imports the protocol and signs packets: %d KiB "
+    print("MicroPython: smallest heap that imports the protocol and signs packets: %s KiB "
           "(%d bytes resident after import and key setup)"
           % (mpy["min_heap_kib_to_sign"], mpy["resident_bytes"]))
-    print("results: %s" % out.relative_to(ROOT))
+    print("results: %s" % out)
     return 0
 
 
