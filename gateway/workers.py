@@ -12,6 +12,8 @@ revocation is checked against the revoked key, never the old one.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import queue
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -31,8 +33,14 @@ class Ticket:
 
 def _worker(inq: Any, outq: Any, keys: dict[str, NodeKey]) -> None:
     verifier = PacketVerifier(keys)
+    parent = os.getppid()
     while True:
-        batch = inq.get()
+        try:
+            batch = inq.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent:
+                return  # the gateway died (SIGKILL): do not linger as an orphan
+            continue
         if batch is None:
             return
         out = []
@@ -44,7 +52,8 @@ def _worker(inq: Any, outq: Any, keys: dict[str, NodeKey]) -> None:
             else:
                 _, idx, topic, payload = item
                 out.append((idx, verifier.verify(topic, payload)))
-        outq.put(out)
+        if out:  # a key-only batch gets no reply: collect() expects one per packet batch
+            outq.put(out)
 
 
 def _shard(node_hint: str, n: int) -> int:
