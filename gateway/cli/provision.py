@@ -887,6 +887,9 @@ max_queued_bytes 0
 max_inflight_messages 1000
 # Node packets are < 2 KiB (the gateway rejects larger); this caps what a client may send.
 max_packet_size 65536
+# A stop command is one small packet: without this, Nagle's algorithm holds it up to ~40 ms
+# waiting for the node's ACK of the previous segment (docs/performance.md: p99 71 -> 33 ms).
+set_tcp_nodelay true
 
 log_dest stderr
 log_type error
