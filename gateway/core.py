@@ -315,9 +315,6 @@ class GatewayCore:
         self._maybe_complete(chair, now)
         self._renew_permit(chair, now)
 
-    def _on_death(self, chair: Chair, msg: dict, now: float) -> None:  # pragma: no cover
-        pass  # handled before the replay window in accept()
-
     # --- dose conformance ---------------------------------------------------------------------
     def _check_dose(self, chair: Chair, now: float) -> None:
         auth = chair.auth
@@ -394,14 +391,13 @@ class GatewayCore:
             self.store.update_session(chair.session_id, state="stopped")
         if chair.boot < 0:
             return  # never heard from the node: nothing to reference (its permit is lapsed)
-        cmd = self._command(chair, schema.CMD_STOP, {schema.A_REASON: reason[:64]}, now, operator)
+        self._command(chair, schema.CMD_STOP, {schema.A_REASON: reason[:64]}, now, operator)
         sent = self.clock()
         for trip_id, trip in chair.trips_pending_stop:
             latency = (sent - trip.breach_at) * 1000.0
             self.store.trip_stop_sent(trip_id, sent, latency)
             self.stop_latencies_ms.append(latency)
         chair.trips_pending_stop.clear()
-        del cmd
 
     def _renew_permit(self, chair: Chair, now: float) -> None:
         ev = chair.evaluation

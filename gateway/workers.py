@@ -15,7 +15,7 @@ import multiprocessing as mp
 import os
 import queue
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,13 +141,3 @@ class VerifierPool:
     def alive(self) -> bool:
         return all(p.is_alive() for p in self._procs)
 
-
-def chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
-    batch: list[Any] = []
-    for it in items:
-        batch.append(it)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

@@ -14,6 +14,8 @@ import threading
 import time
 from pathlib import Path
 
+from gateway import firmware_build
+
 ROOT = Path(__file__).resolve().parents[2]
 _BIN = ROOT / ".venv" / "bin"
 
@@ -28,22 +30,9 @@ def _tool(name):
     return found
 
 
-def build_mpy(dest, packages=("protocol", "firmware")):
-    """Compile every .py under ``packages`` into ``dest`` (same layout, .mpy)."""
-    cross = _tool("mpy-cross")
-    dest = Path(dest)
-    for pkg in packages:
-        for src in sorted((ROOT / pkg).rglob("*.py")):
-            rel = src.relative_to(ROOT)
-            out = dest / rel.with_suffix(".mpy")
-            out.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run(
-                [cross, "-O2", "-o", str(out), str(rel)],
-                cwd=ROOT,
-                check=True,
-                capture_output=True,
-            )
-    return dest
+def build_mpy(dest):
+    """Compile protocol/ and firmware/ into ``dest`` with the same build a board gets."""
+    return firmware_build.build(Path(dest))
 
 
 class MpyProcess:
