@@ -194,7 +194,7 @@ class CpuProbe:
 PRODUCTION_BROKER = (
     "max_queued_messages %d",
     "max_queued_bytes 0",
-    "max_inflight_messages 1000",
+    "max_inflight_messages 4000",
     "max_packet_size 65536",
     "autosave_interval 10",
     "log_type none",
@@ -204,7 +204,7 @@ PRODUCTION_BROKER = (
 )
 
 
-def production_broker(workdir: Path, queue: int = 100_000, inflight: int = 1000) -> MosquittoBroker:
+def production_broker(workdir: Path, queue: int = 100_000, inflight: int = 4000) -> MosquittoBroker:
     lines = [line % queue if "%d" in line else line for line in PRODUCTION_BROKER]
     lines = [
         ("max_inflight_messages %d" % inflight) if line.startswith("max_inflight") else line

@@ -113,6 +113,37 @@ def bounds(sample: tuple[str, bytes], node: VirtualNode, seconds: float) -> dict
     }
 
 
+def pool_rates(
+    per_node: list[list[tuple[str, bytes]]], nodes: list[VirtualNode], worker_counts: list[int]
+) -> dict[str, float]:
+    """The verification pool alone (``gateway.workers.VerifierPool``, batches of 512, two at
+    the workers at once as the gateway keeps them), fed by this process with nothing else
+    running: how the parallel stage scales when cores are free for it. The end-to-end
+    figures add the loop, paho and Mosquitto on the same 2 cores."""
+    from gateway.workers import VerifierPool
+
+    items = _round_robin(per_node)
+    keys = {v.node_id: NodeKey(v.node_id, cose.ALG_EDDSA, v.public) for v in nodes}
+    out = {}
+    for n in worker_counts:
+        pool = VerifierPool(n, keys)
+        try:
+            pool.verify_batch(items[:16])  # workers up and warm
+            t0 = time.perf_counter()
+            tickets = []
+            for i in range(0, len(items), 512):
+                tickets.append(pool.submit(items[i : i + 512]))
+                if len(tickets) > 2:
+                    res = pool.collect(tickets.pop(0))
+                    assert all(isinstance(r, Verified) for r in res)
+            for t in tickets:
+                pool.collect(t)
+            out["pool_w%d_per_s" % n] = round(len(items) / (time.perf_counter() - t0))
+        finally:
+            pool.close()
+    return out
+
+
 # --- publishers ----------------------------------------------------------------------------------
 
 
@@ -432,6 +463,12 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     modes = [m for m in args.modes.split(",") if m]
     worker_counts = [int(w) for w in args.workers.split(",") if w]
+    pool = pool_rates(per_node, nodes, worker_counts)
+    print(
+        "verification pool alone: %s"
+        % ", ".join("%d workers %d/s" % (n, pool["pool_w%d_per_s" % n]) for n in worker_counts)
+    )
+    b.update(pool)
     with tempfile.TemporaryDirectory(prefix="ivgw-ingest-") as tmp:
         plan = [(m, w, False) for m in modes for w in worker_counts]
         if args.profile:
@@ -491,6 +528,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         if r1 and r2:
             summary["%s_w2_over_w1" % mode] = round(r2["ingest_per_s"] / r1["ingest_per_s"], 3)
+    if "pool_w1_per_s" in b and "pool_w2_per_s" in b:
+        summary["pool_w2_over_w1"] = round(b["pool_w2_per_s"] / b["pool_w1_per_s"], 3)
+        summary["pool_w1_over_ed25519"] = round(b["pool_w1_per_s"] / b["ed25519_verify_per_s"], 3)
     summary["zero_loss"] = all(r["lost"] == 0 for r in runs)
     out = benchlib.write_result(
         "ingest",

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import random
 import re
 import sqlite3
@@ -52,6 +51,7 @@ import benchlib
 from benchlib import BenchError
 from loadgen import LoadGen, start_sessions
 
+from gateway.store import packet_body  # noqa: E402
 from protocol import mdc  # noqa: E402
 from testbed.bench import Bench  # noqa: E402
 from testbed.chair import EmulatedChair  # noqa: E402
@@ -118,14 +118,15 @@ def _breach_packet(bench: Bench, node: str, since: float, until: float) -> tuple
     conn = _db(bench)
     try:
         rows = conn.execute(
-            "SELECT received_at, body FROM packets WHERE node_id = ? AND kind = 'telemetry' "
+            "SELECT received_at, body, signed FROM packets WHERE node_id = ? "
+            "AND kind = 'telemetry' "
             "AND received_at BETWEEN ? AND ? ORDER BY received_at",
             (node, since, until + 1e-6),
         ).fetchall()
     finally:
         conn.close()
-    for received_at, text in rows:
-        body = json.loads(text)
+    for received_at, text, signed in rows:
+        body = packet_body(text, signed)
         vit = body["10"].get(str(mdc.NIBP_SYS))
         if vit is not None and vit[1] == -2 and vit[0] == HIGH_NIBP[0] * 100:
             return received_at, body

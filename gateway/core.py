@@ -225,8 +225,9 @@ class GatewayCore:
                                     "topic": topic[:120], "size": res.size})
         self._audit_budget[key] = (start, n + 1)
 
-    def accept(self, v: Verified, now: float) -> bool:
-        """Process one verified packet; return False if it was a duplicate or stale."""
+    def accept(self, v: Verified, now: float, signed: bytes) -> bool:
+        """Process one verified packet (``signed``: the COSE_Sign1 it was verified from, which
+        is what is stored); return False if it was a duplicate or stale."""
         chair = self.by_node.get(v.node)
         if chair is None:  # registered after this worker's key snapshot: treat as unknown
             self.reject(Rejected(v.node, "node.unknown", "not registered", v.size), v.kind, now)
@@ -251,7 +252,7 @@ class GatewayCore:
             self._count("gap", gap)
         cur, prev, gaps = guard.state()
         self.store.save_replay(v.node, cur, prev, gaps)
-        self.store.add_packet(v.node, v.boot, v.seq, v.kind, now, chair.session_id, v.msg)
+        self.store.add_packet(v.node, v.boot, v.seq, v.kind, now, chair.session_id, signed)
         self._count("accepted." + v.kind)
         # Commands reference the node's newest message: (boot, seq) only moves forward.
         if v.boot > chair.boot:
@@ -262,6 +263,9 @@ class GatewayCore:
         elif v.boot == chair.boot and v.seq > chair.last_seq:
             chair.last_seq = v.seq
         chair.online, chair.last_seen = True, now
+        if v.kind == "telemetry":
+            self._on_telemetry(chair, v.msg, now)  # one evaluation: node heard, vitals, pump
+            return True
         # Every evaluation goes through _apply: a duration rule can complete in any of them.
         self._apply(chair, self.engine.node_seen(chair.id, now), now)
         handler = getattr(self, "_on_" + v.kind)
@@ -305,12 +309,10 @@ class GatewayCore:
             chair.vitals[code] = (value, measured)
         chair.pump = msg[schema.T_PUMP]
         chair.node_status = msg[schema.T_NODE]
-        ev = self.engine.update_vitals(chair.id, readings, now)
-        self._apply(chair, ev, now)
         pump = chair.pump
-        ev = self.engine.update_pump(chair.id, pump[schema.P_STATE],
-                                     pump.get(schema.P_ALARMS, []), now)
-        self._apply(chair, ev, now)
+        self._apply(chair, self.engine.observe(
+            chair.id, now, vitals=readings,
+            pump=(pump[schema.P_STATE], pump.get(schema.P_ALARMS, []))), now)
         self._check_dose(chair, now)
         self._maybe_complete(chair, now)
         self._renew_permit(chair, now)

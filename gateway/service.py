@@ -21,6 +21,7 @@ gateway's ``status`` topic is retained, with a Last Will saying offline.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -57,6 +58,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_LIBRARY = ROOT / "config" / "druglib.example.yaml"
 EXAMPLE_RULES = ROOT / "config" / "rules.example.yaml"
 _BATCH = 512
+_DEPTH = 2  # batches at the workers at once; the broker must allow _DEPTH * _BATCH in flight
 
 
 class ServiceError(Exception):
@@ -143,7 +145,7 @@ class Gateway:
         self._started_at = clock()
         self._last_tick = 0.0
         self._announce = False
-        self._inflight: tuple | None = None  # a batch at the workers, not yet applied
+        self._inflight: collections.deque[tuple] = collections.deque()  # at the workers
         self.processed = 0
         self._control_thread: threading.Thread | None = None
         self._control_sock: socket.socket | None = None
@@ -243,18 +245,20 @@ class Gateway:
         batch: list[_Incoming] = []
         try:
             # With a batch at the workers, never block: apply it as soon as it is verified.
-            batch.append(self.inbox.get(timeout=timeout) if self._inflight is None
+            batch.append(self.inbox.get(timeout=timeout) if not self._inflight
                          else self.inbox.get_nowait())
             while len(batch) < _BATCH:
                 batch.append(self.inbox.get_nowait())
         except queue.Empty:
             pass
-        # Pipelined: this batch goes to the workers before the previous one is applied, so
-        # signature checks and the SQLite commit of the previous batch overlap.
-        submitted = self._submit(batch) if batch else None
-        if self._inflight is not None:
-            self._apply(*self._inflight)
-        self._inflight = submitted
+        # Pipelined: up to _DEPTH batches are at the workers while the oldest is applied,
+        # so signature checks and the SQLite commits overlap and a worker always has the
+        # next batch queued. With nothing new to submit, the oldest is applied at once: an
+        # idle gateway adds no wait to a single packet (the interlock path).
+        if batch:
+            self._inflight.append(self._submit(batch))
+        if self._inflight and (len(self._inflight) >= _DEPTH or not batch):
+            self._apply(*self._inflight.popleft())
         while True:
             try:
                 req, reply = self.control.get_nowait()
@@ -299,7 +303,7 @@ class Gateway:
                 if isinstance(res, Rejected):
                     self.core.reject(res, item.topic, item.received_at)
                 else:
-                    self.core.accept(res, item.received_at)
+                    self.core.accept(res, item.received_at, item.payload)
         # Durable now: publish what the decisions produced, then acknowledge the batch.
         self._publish(self.core.take_output())
         if self.client is not None:
@@ -431,12 +435,13 @@ class Gateway:
 
     def close(self) -> None:
         self._stop.set()
-        if self._inflight is not None and self.pool is not None:
+        if self._inflight and self.pool is not None:
             try:
-                self._apply(*self._inflight)  # store and ack what the workers already have
+                while self._inflight:  # store and ack what the workers already have
+                    self._apply(*self._inflight.popleft())
             except Exception:  # noqa: BLE001 - unacked messages are redelivered anyway
-                log.exception("could not apply the last batch while closing")
-            self._inflight = None
+                log.exception("could not apply the last batches while closing")
+            self._inflight.clear()
         if self.client is not None:
             self.client.publish(topics.GATEWAY_STATUS,
                                 outputs.gateway_status(False, self._started_at, VERSION), 1, True)

@@ -16,6 +16,7 @@ from typing import Any
 
 from gateway import db
 from gateway.verify import NodeKey
+from protocol import cbor, cose
 
 MIGRATIONS = (
     """
@@ -92,6 +93,29 @@ MIGRATIONS = (
         node_id TEXT NOT NULL, reason TEXT NOT NULL, count INTEGER NOT NULL,
         last_at REAL NOT NULL, PRIMARY KEY (node_id, reason)
     );
+    """,
+    # 2: packets keep the COSE_Sign1 exactly as the node signed it (``signed``) instead of
+    # a JSON rendering of its payload: anyone holding the node's public key can re-verify
+    # a stored packet, and storing costs no conversion on the ingest path. ``body`` stays
+    # for rows written before this version.
+    """
+    CREATE TABLE packets_v2 (
+        id INTEGER PRIMARY KEY,
+        node_id TEXT NOT NULL,
+        boot INTEGER NOT NULL, seq INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        session_id INTEGER REFERENCES sessions(id),
+        body TEXT,
+        signed BLOB,
+        CHECK ((body IS NULL) != (signed IS NULL)),
+        UNIQUE (node_id, boot, seq)
+    );
+    INSERT INTO packets_v2 (id, node_id, boot, seq, kind, received_at, session_id, body)
+        SELECT id, node_id, boot, seq, kind, received_at, session_id, body FROM packets;
+    DROP TABLE packets;
+    ALTER TABLE packets_v2 RENAME TO packets;
+    CREATE INDEX packets_session ON packets(session_id, id);
     """,
 )
 
@@ -195,20 +219,24 @@ class Store:
 
     # --- packets ------------------------------------------------------------------------
     def add_packet(self, node_id: str, boot: int, seq: int, kind: str, received_at: float,
-                   session_id: int | None, body: dict) -> None:
+                   session_id: int | None, signed: bytes) -> None:
+        """``signed``: the verified COSE_Sign1 as received (its payload is the message)."""
         self.conn.execute(
             "INSERT OR IGNORE INTO packets (node_id, boot, seq, kind, received_at, session_id, "
-            "body) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (node_id, boot, seq, kind, received_at, session_id, json.dumps(_jsonable(body))))
+            "signed) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (node_id, boot, seq, kind, received_at, session_id, signed))
 
     def packets(self, session_id: int, kind: str | None = None) -> Iterator[tuple]:
-        q = "SELECT node_id, boot, seq, kind, received_at, body FROM packets WHERE session_id = ?"
+        """(node, boot, seq, kind, received_at, body) in arrival order; ``body`` is the
+        message as JSON-shaped data (string keys, bytes as hex), see ``packet_body``."""
+        q = ("SELECT node_id, boot, seq, kind, received_at, body, signed FROM packets "
+             "WHERE session_id = ?")
         args: list[Any] = [session_id]
         if kind:
             q += " AND kind = ?"
             args.append(kind)
         for r in self.conn.execute(q + " ORDER BY id", args):
-            yield r[0], r[1], r[2], r[3], r[4], json.loads(r[5])
+            yield r[0], r[1], r[2], r[3], r[4], packet_body(r[5], r[6])
 
     def count_packets(self, node_id: str | None = None, kind: str | None = None) -> int:
         q, args = "SELECT COUNT(*) FROM packets WHERE 1=1", []
@@ -331,6 +359,20 @@ class Store:
     def interlock_snapshots(self) -> dict[tuple[str, str], dict]:
         return {(r[0], r[1]): json.loads(r[2]) for r in self.conn.execute(
             "SELECT site, chair, snapshot FROM interlock_state")}
+
+
+def packet_body(body: str | None, signed: bytes | None) -> dict:
+    """A stored packet's message as JSON-shaped data (string keys, bytes as hex), from
+    either column: ``signed`` (the COSE_Sign1, current rows) or ``body`` (older rows).
+
+    Stored packets were verified before they were stored, so the payload is decoded here
+    without checking the signature again (``ivgw`` commands that must prove a packet's
+    origin verify it against the node's key)."""
+    if signed is not None:
+        return _jsonable(cbor.loads(cose.decode(bytes(signed)).payload))
+    if body is None:
+        raise ValueError("packet row has neither a signed packet nor a body")
+    return json.loads(body)
 
 
 def _decimalish(v: Any) -> bool:

@@ -3,11 +3,11 @@ node's drivers (and counted), and no wrong value ever reaches the gateway."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from decimal import Decimal
 
+from gateway.store import packet_body
 from hil_tests.conftest import figure
 from protocol import mdc, schema
 
@@ -33,8 +33,9 @@ def test_noise_never_produces_a_wrong_value(make_bench):
         time.sleep(1.3)
     time.sleep(2)
     conn = sqlite3.connect(bench.config().db_path)
-    bodies = [json.loads(r[0]) for r in conn.execute(
-        "SELECT body FROM packets WHERE node_id = ? AND kind = 'telemetry'", (chair.node_id,))]
+    bodies = [packet_body(*r) for r in conn.execute(
+        "SELECT body, signed FROM packets WHERE node_id = ? AND kind = 'telemetry'",
+        (chair.node_id,))]
     conn.close()
     seen_spo2, seen_hr, bad = set(), set(), 0
     for b in bodies:

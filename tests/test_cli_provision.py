@@ -530,7 +530,7 @@ def test_broker_config_writes_pki_config_and_acl(gw: Gw, tmp_path: Path) -> None
         "allow_anonymous false",
         "persistence true",
         "max_queued_messages 100000",
-        "max_inflight_messages 1000",
+        "max_inflight_messages 4000",
         "acl_file %s/acl" % out.resolve(),
     ):
         assert line in conf.splitlines(), line

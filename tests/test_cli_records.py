@@ -23,11 +23,19 @@ from gateway.cli import app
 from gateway.cli.records import parse_when, summarize
 from gateway.db import open_db, transaction
 from gateway.store import Store
-from protocol import mdc, schema
+from protocol import cbor, cose, mdc, schema
 from protocol.cose import ALG_EDDSA
 
 T0 = 1_780_000_000.0  # session start, epoch seconds
 runner = CliRunner(env={"COLUMNS": "250"})
+
+
+NODE = cose.Ed25519Signer(bytes(range(32)))
+
+
+def _signed(msg: dict) -> bytes:
+    """A packet as the gateway stores it: the COSE_Sign1 the node signed."""
+    return cose.encode(cbor.dumps(msg), NODE, b"chair-01")
 
 
 @dataclass
@@ -141,12 +149,14 @@ def _build(root: Path) -> Env:
             "birth",
             T0 - 55,
             sid,
-            {
-                schema.B_FIRMWARE: "0.1.0",
-                schema.B_CAPS: ["permit"],
-                schema.B_DRIVERS: [["pump", "ne1000"]],
-                schema.B_BOARD: "rp2",
-            },
+            _signed(
+                {
+                    schema.B_FIRMWARE: "0.1.0",
+                    schema.B_CAPS: ["permit"],
+                    schema.B_DRIVERS: [["pump", "ne1000"]],
+                    schema.B_BOARD: "rp2",
+                }
+            ),
         )
         infused = 0
         for i in range(N_TELEMETRY):
@@ -164,16 +174,18 @@ def _build(root: Path) -> Env:
                 "telemetry",
                 t,
                 sid,
-                _telemetry(
-                    i + 1,
-                    up,
-                    97 - (i == 30) * 8,
-                    72 + i % 5,
-                    120 + i if i % 10 == 0 else None,
-                    infused,
-                    rate,
-                    state,
-                    sid,
+                _signed(
+                    _telemetry(
+                        i + 1,
+                        up,
+                        97 - (i == 30) * 8,
+                        72 + i % 5,
+                        120 + i if i % 10 == 0 else None,
+                        infused,
+                        rate,
+                        state,
+                        sid,
+                    )
                 ),
             )
             if state == schema.PUMP_INFUSING:
@@ -210,7 +222,9 @@ def _build(root: Path) -> Env:
             "event",
             T0 + 30 * 60 + 1,
             sid,
-            schema.make_event("chair-01", 3, 50, 0, "pump_alarm", schema.SEV_ALARM, "occlusion"),
+            _signed(
+                schema.make_event("chair-01", 3, 50, 0, "pump_alarm", schema.SEV_ALARM, "occlusion")
+            ),
         )
         store.update_session(sid, state="completed", ended_at=T0 + 41 * 60)
     conn.close()

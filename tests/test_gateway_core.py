@@ -105,7 +105,7 @@ def gw(tmp_path: Path):
                     ok = False
                 else:
                     assert isinstance(res, Verified)
-                    ok = core.accept(res, clock())
+                    ok = core.accept(res, clock(), item[1])
                 core.tick(clock())
             self._collect()
             return ok

@@ -103,8 +103,14 @@ class Chair:
         return self._keep(self.engine.update_pump(self.chair, state, alarms or [], t))
 
     def tick(self, t: float) -> Evaluation:
+        """The tick's evaluation of this chair; when the tick skipped it (nothing due), an
+        explicit evaluation that must then show that nothing was due: no new trip."""
         evs = [e for e in self.engine.tick(t) if e.chair == self.chair]
-        return self._keep(evs[0])
+        if evs:
+            return self._keep(evs[0])
+        ev = self.engine.evaluate(self.chair, t)
+        assert not ev.tripped, "tick skipped a chair that trips at %s: %r" % (t, ev.tripped)
+        return ev
 
     def rules_tripped(self) -> list[str]:
         return [t.rule for t in self.trips]

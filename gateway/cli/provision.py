@@ -883,8 +883,9 @@ persistent_client_expiration 7d
 max_queued_messages 100000
 max_queued_bytes 0
 # The gateway acknowledges a batch only after committing it to its database (up to 512
-# messages per batch), so the broker must let that many be in flight to one client.
-max_inflight_messages 1000
+# messages per batch, two batches at the verifiers while a third is stored), so the broker
+# must let that many be in flight to one client, with room to spare.
+max_inflight_messages 4000
 # Node packets are < 2 KiB (the gateway rejects larger); this caps what a client may send.
 max_packet_size 65536
 # A stop command is one small packet: without this, Nagle's algorithm holds it up to ~40 ms

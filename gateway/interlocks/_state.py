@@ -102,6 +102,8 @@ class ChairState:
     latch: list[Trip] = field(default_factory=list)
     pending: list[tuple[str, str]] = field(default_factory=list)  # (cause, rule) from restore
     needs_clamp: bool = False
+    # the earliest time a tick must re-evaluate (set by each evaluation; not persisted)
+    due: float = float("-inf")
 
     def may_be_infusing(self) -> bool:
         """The pump is, or as far as we know may still be, infusing.

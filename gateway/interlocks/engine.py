@@ -48,6 +48,11 @@ UNSPECIFIED_PUMP_ALARM = "unspecified"
 
 _MAX_ID = 64
 _MAX_TEXT = 200
+# A chair is re-evaluated at least this often even when no deadline is due (seconds).
+REFRESH_S = 1.0
+# Deadlines are sums of floats; a tick this close before one evaluates anyway, so rounding
+# can never make a tick skip the evaluation at which a condition changes.
+_DUE_MARGIN_S = 1e-6
 _COUNT_WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight"}
 
 
@@ -58,6 +63,21 @@ class InterlockEngine:
         self._rules = ruleset
         self._chairs: dict[str, ChairState] = {}
         self._codes = frozenset(c for p in ruleset.parameters for c in p.sources)
+        # Per parameter, its limits in evaluation order (critical before warning, low before
+        # high) with their rule ids: built once, not on each of the many evaluations.
+        self._limits = tuple(
+            (
+                p,
+                tuple(
+                    (severity, band, side, limit, f"{p.name}.{severity}.{side}")
+                    for severity, band in (("critical", p.critical), ("warning", p.warning))
+                    if band is not None
+                    for side, limit in (("low", band.low), ("high", band.high))
+                    if limit is not None
+                ),
+            )
+            for p in ruleset.parameters
+        )
 
     @property
     def rules(self) -> RuleSet:
@@ -75,13 +95,49 @@ class InterlockEngine:
         re-sent packet must not roll a value back); one measured in the future of ``now``
         is taken as measured at ``now``, so clock skew cannot stretch its freshness.
         """
-        checked = [
-            (code, *_check_reading(code, reading))
-            for code, reading in values.items()
-            if code in self._codes
-        ]  # all checked before any is taken: a bad one must not leave half an update
+        return self.observe(chair, now, seen=False, vitals=values)
+
+    def update_pump(
+        self, chair: str, state: PumpState | int, alarms: Sequence[str], now: float
+    ) -> Evaluation:
+        """Take the pump state and its current alarm codes (an empty list: none)."""
+        return self.observe(chair, now, seen=False, pump=(state, alarms))
+
+    def node_seen(self, chair: str, now: float) -> Evaluation:
+        """Call for every verified packet from the chair's node: proof it is alive."""
+        return self.observe(chair, now)
+
+    def observe(
+        self,
+        chair: str,
+        now: float,
+        *,
+        seen: bool = True,
+        vitals: Mapping[int, Reading] | None = None,
+        pump: tuple[PumpState | int, Sequence[str]] | None = None,
+    ) -> Evaluation:
+        """Everything one packet says - the node is alive, its vitals, its pump - taken at
+        once and evaluated once.
+
+        One evaluation per packet, not one per kind of news: the evaluation is the gateway's
+        largest per-packet cost, and a partial evaluation between the parts of one packet
+        (the node heard, its new vitals not yet taken) could only show a state that never
+        existed. Inputs are all checked before any is taken, so a bad one changes nothing.
+        """
+        checked = (
+            [
+                (code, *_check_reading(code, reading))
+                for code, reading in vitals.items()
+                if code in self._codes
+            ]
+            if vitals
+            else ()
+        )
+        pump_update = _check_pump(chair, *pump) if pump is not None else None
         st = self._state(chair)
         now = self._advance(st, now)
+        if seen:
+            st.node_last_seen = now
         for code, value, measured in checked:
             measured = min(measured, now)
             held = st.readings.get(code)
@@ -89,46 +145,32 @@ class InterlockEngine:
                 continue
             st.readings[code] = Reading(value, measured)
             st.restored.discard(code)
-        return self._evaluate(chair, st, now)
-
-    def update_pump(
-        self, chair: str, state: PumpState | int, alarms: Sequence[str], now: float
-    ) -> Evaluation:
-        """Take the pump state and its current alarm codes (an empty list: none)."""
-        st = self._state(chair)
-        now = self._advance(st, now)
-        try:
-            pump_state = PumpState(int(state))
-        except ValueError:
-            raise InterlockError(f"chair {chair}: unknown pump state {state!r}") from None
-        codes: list[str] = []
-        for code in alarms:
-            if not isinstance(code, str):
-                raise InterlockError(f"chair {chair}: pump alarm code {code!r} is not text")
-            c = code.strip().lower()
-            if c and c not in codes:
-                codes.append(c)
-        if pump_state is PumpState.ALARM and not codes:
-            codes.append(UNSPECIFIED_PUMP_ALARM)
-        st.pump_state = pump_state
-        if pump_state is not PumpState.UNKNOWN:
-            st.pump_last_definite = pump_state
-        st.pump_alarms = {c: st.pump_alarms.get(c, now) for c in codes}
-        return self._evaluate(chair, st, now)
-
-    def node_seen(self, chair: str, now: float) -> Evaluation:
-        """Call for every verified packet from the chair's node: proof it is alive."""
-        st = self._state(chair)
-        now = self._advance(st, now)
-        st.node_last_seen = now
+        if pump_update is not None:
+            pump_state, codes = pump_update
+            st.pump_state = pump_state
+            if pump_state is not PumpState.UNKNOWN:
+                st.pump_last_definite = pump_state
+            st.pump_alarms = {c: st.pump_alarms.get(c, now) for c in codes}
         return self._evaluate(chair, st, now)
 
     def tick(self, now: float) -> list[Evaluation]:
-        """Re-evaluate every chair: staleness, silence and durations need no new data."""
-        _check_time(now)
+        """Re-evaluate the chairs whose state can change with time alone (a vital going
+        stale, a silent node, a duration completing) - and every chair not evaluated for
+        ``REFRESH_S`` - in chair order.
+
+        Each evaluation records the earliest moment at which the passing of time could
+        change its outcome (``ChairState.due``); a chair is skipped until then. With a
+        packet a second per chair this removes nearly all periodic evaluations (ten per
+        chair per second at a 100 ms tick), the gateway's largest cost at scale. The
+        ``REFRESH_S`` bound keeps the texts of conditions ("stale for 12 s") current and
+        is a backstop should a deadline ever be missed.
+        """
+        now = _check_time(now)
         out = []
         for chair in sorted(self._chairs):
             st = self._chairs[chair]
+            if now < st.due - _DUE_MARGIN_S:
+                continue
             out.append(self._evaluate(chair, st, self._advance(st, now)))
         return out
 
@@ -257,53 +299,63 @@ class InterlockEngine:
         alarms: list[Condition] = []
         reasons: list[str] = []
         counted: list[tuple[str, float]] = []  # (label, since) toward warnings_to_alarm
+        # The earliest moment time alone could change this outcome (see tick): every
+        # comparison of `now` with a deadline below adds that deadline if it lies ahead.
+        due = now + REFRESH_S
 
         for cause, rule in st.pending:
             tripped.append(Trip(chair, cause, rule, now, now, now))
         st.pending.clear()
 
-        for p in rules.parameters:
-            fresh, src, latest, live = _effective(st, p, now)
+        for p, limits in self._limits:
+            fresh, src, latest, live, stale_at = _effective(st, p, now)
+            if stale_at < due:  # a fresh reading turns stale
+                due = stale_at
             in_alarm = False
             warning: Condition | None = None
-            for severity, band in (("critical", p.critical), ("warning", p.warning)):
-                if band is None:
+            for severity, band, side, limit, rule in limits:
+                timer = st.timers.get(rule)
+                if timer is None:
+                    timer = st.timers[rule] = LimitTimer()
+                out = fresh is not None and (
+                    fresh.value < limit if side == "low" else fresh.value > limit
+                )
+                newly = timer.step(fresh, out, now, band.for_s, band.clear_s)
+                if timer.breach_since is not None:  # a duration to complete or clear
+                    if timer.met_at is None and now <= timer.breach_since + band.for_s < due:
+                        due = timer.breach_since + band.for_s
+                    if timer.inside_since is not None and (
+                        now <= timer.inside_since + band.clear_s < due
+                    ):
+                        due = timer.inside_since + band.clear_s
+                if timer.met_at is None or timer.breach_since is None:
                     continue
-                for side, limit in (("low", band.low), ("high", band.high)):
-                    if limit is None:
-                        continue
-                    rule = f"{p.name}.{severity}.{side}"
-                    timer = st.timers.setdefault(rule, LimitTimer())
-                    out = fresh is not None and (
-                        fresh.value < limit if side == "low" else fresh.value > limit
-                    )
-                    newly = timer.step(fresh, out, now, band.for_s, band.clear_s)
-                    if timer.met_at is None or timer.breach_since is None:
-                        continue
-                    cond = _limit_condition(p, side, limit, band, timer, rule, fresh, out, now)
-                    if severity == "critical":
-                        in_alarm = True
-                        alarms.append(cond)
-                        if newly:
-                            tripped.append(
-                                Trip(
-                                    chair,
-                                    _limit_text(p, side, limit, band, timer.last_value),
-                                    rule,
-                                    timer.breach_since,
-                                    timer.met_at,
-                                    now,
-                                    value=timer.last_value,
-                                    limit=limit,
-                                    mdc_code=src,
-                                )
+                cond = _limit_condition(p, side, limit, band, timer, rule, fresh, out, now)
+                if severity == "critical":
+                    in_alarm = True
+                    alarms.append(cond)
+                    if newly:
+                        tripped.append(
+                            Trip(
+                                chair,
+                                _limit_text(p, side, limit, band, timer.last_value),
+                                rule,
+                                timer.breach_since,
+                                timer.met_at,
+                                now,
+                                value=timer.last_value,
+                                limit=limit,
+                                mdc_code=src,
                             )
-                    elif not in_alarm and warning is None:
-                        warning = cond
+                        )
+                elif not in_alarm and warning is None:
+                    warning = cond
             if warning is not None:
                 warnings.append(warning)
                 met = warning.met_at if warning.met_at is not None else warning.since
                 counted.append((f"{p.name} {warning.kind}", met))
+            if latest is None and now <= created + p.max_age_s < due:
+                due = created + p.max_age_s  # a vital never seen: its grace ends
             if p.required_for_permit and not live:
                 absent = _absence(p, fresh or latest, created, now)
                 reasons.append(absent.text)
@@ -350,6 +402,9 @@ class InterlockEngine:
         limit_s = rules.pump.node_offline_s
         heard = st.node_last_seen if st.node_last_seen is not None else created
         silent = now - heard
+        if now <= heard + limit_s < due:
+            due = heard + limit_s
+        st.due = due
         if silent >= limit_s:
             text = (
                 f"node offline {_secs(silent)} s"
@@ -405,24 +460,29 @@ class InterlockEngine:
 
 def _effective(
     st: ChairState, p: ParameterRule, now: float
-) -> tuple[Reading | None, int | None, Reading | None, bool]:
+) -> tuple[Reading | None, int | None, Reading | None, bool, float]:
     """(first fresh reading in source priority order, its MDC code, most recent reading of
-    any source, whether a fresh reading arrived since the last restore: may back a permit)."""
+    any source, whether a fresh reading arrived since the last restore: may back a permit,
+    the moment the first of the fresh readings turns stale - or +inf)."""
     fresh: Reading | None = None
     fresh_code: int | None = None
     latest: Reading | None = None
     live = False
+    stale_at = math.inf
     for code in p.sources:
         r = st.readings.get(code)
         if r is None:
             continue
         if latest is None or r.measured_at > latest.measured_at:
             latest = r
+        until = r.measured_at + p.max_age_s
         if now - r.measured_at <= p.max_age_s:
+            if until < stale_at:
+                stale_at = until
             if fresh is None:
                 fresh, fresh_code = r, code
             live = live or code not in st.restored
-    return fresh, fresh_code, latest, live
+    return fresh, fresh_code, latest, live, stale_at
 
 
 def _absence(p: ParameterRule, latest: Reading | None, created: float, now: float) -> Condition:
@@ -485,6 +545,25 @@ def _limit_condition(
     return Condition(
         p.name, side, timer.last_value, limit, timer.breach_since, timer.met_at, rule, text
     )
+
+
+def _check_pump(
+    chair: str, state: PumpState | int, alarms: Sequence[str]
+) -> tuple[PumpState, list[str]]:
+    try:
+        pump_state = PumpState(int(state))
+    except ValueError:
+        raise InterlockError(f"chair {chair}: unknown pump state {state!r}") from None
+    codes: list[str] = []
+    for code in alarms:
+        if not isinstance(code, str):
+            raise InterlockError(f"chair {chair}: pump alarm code {code!r} is not text")
+        c = code.strip().lower()
+        if c and c not in codes:
+            codes.append(c)
+    if pump_state is PumpState.ALARM and not codes:
+        codes.append(UNSPECIFIED_PUMP_ALARM)
+    return pump_state, codes
 
 
 def _check_reading(code: int, reading: Reading) -> tuple[Number, float]:
