@@ -166,6 +166,9 @@ def load(path: str | os.PathLike[str] | None) -> Config:
     cfg = Config(path=p, **kwargs)
     if cfg.mqtt.protocol not in ("5", "3.1.1"):
         raise ConfigError("%s: [mqtt] protocol: use \"5\" or \"3.1.1\"" % p)
+    if not 20 <= cfg.gateway.tick_ms <= 1000:
+        # The tick bounds how late a duration rule or a silent node is noticed.
+        raise ConfigError("%s: [gateway] tick_ms: must be 20..1000" % p)
     if cfg.permit.lifetime_ms < 1000 or cfg.permit.lifetime_ms > 60000:
         raise ConfigError("%s: [permit] lifetime_ms: must be 1000..60000" % p)
     return cfg

@@ -136,7 +136,9 @@ class Gateway:
         t = cfg.traffic
         self.limiter = TrafficLimiter(TrafficLimit(t.packets_per_s, t.packet_burst,
                                                    t.bytes_per_s, t.byte_burst))
-        self.inbox: queue.Queue[_Incoming] = queue.Queue()
+        # Incoming packets; None is a wake-up (a control request, a stop) for a loop
+        # blocked waiting for packets, so a CLI request never waits for the next tick.
+        self.inbox: queue.Queue[_Incoming | None] = queue.Queue()
         self.control: queue.Queue[tuple[dict, queue.Queue[dict]]] = queue.Queue()
         self.pool: VerifierPool | None = None
         self.client: mqtt.Client | None = None
@@ -239,16 +241,21 @@ class Gateway:
 
     def stop(self) -> None:
         self._stop.set()
+        self.inbox.put(None)
 
     def step(self, timeout: float = 0.1) -> int:
         """One loop iteration: a batch of packets, control requests, the tick."""
         batch: list[_Incoming] = []
         try:
             # With a batch at the workers, never block: apply it as soon as it is verified.
-            batch.append(self.inbox.get(timeout=timeout) if not self._inflight
-                         else self.inbox.get_nowait())
-            while len(batch) < _BATCH:
-                batch.append(self.inbox.get_nowait())
+            item = (self.inbox.get(timeout=timeout) if not self._inflight
+                    else self.inbox.get_nowait())
+            while True:
+                if item is not None:  # None: only a wake-up
+                    batch.append(item)
+                if len(batch) >= _BATCH:
+                    break
+                item = self.inbox.get_nowait()
         except queue.Empty:
             pass
         # Pipelined: up to _DEPTH batches are at the workers while the oldest is applied,
@@ -383,6 +390,7 @@ class Gateway:
         """Thread-safe: hand a request to the loop and wait for its answer."""
         reply: queue.Queue[dict] = queue.Queue()
         self.control.put((req, reply))
+        self.inbox.put(None)  # wake the loop if it is waiting for packets
         return reply.get(timeout=timeout)
 
     def _start_control(self) -> None:

@@ -106,3 +106,39 @@ def test_unknown_chair_bad_numbers_and_refused_actions(live: Path):
     r = _invoke("ack", "north/c1", "--operator", "dr.kim", "--reason", "reviewed",
                 "--config", str(live))
     assert r.exit_code == 0 and "accepted" in r.output
+
+
+def test_a_control_request_wakes_a_loop_waiting_for_packets(tmp_path: Path):
+    """A loop blocked waiting for packets (here for up to 60 s) answers a CLI request at
+    once instead of at its next tick; so does stop(). Checked without timing: the loop's
+    single step must return, with the request answered, long before its 60 s wait ends."""
+    box: dict = {}
+    ready, first_step_done = threading.Event(), threading.Event()
+
+    def loop() -> None:  # the gateway lives on one thread (its SQLite connection's)
+        gw = Gateway(load(_cfg(tmp_path)), create_key=True)
+        gw.start(connect=False)
+        box["gw"] = gw
+        ready.set()
+        gw.step(timeout=60.0)
+        first_step_done.set()
+        gw.step(timeout=60.0)
+        gw.close()
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    assert ready.wait(30)
+    gw = box["gw"]
+    answer = gw.request({"op": "status"}, timeout=30)
+    assert answer["ok"] is True and answer["result"]["gateway"]["processed"] == 0
+    assert first_step_done.wait(20), "the loop kept waiting for packets"
+    gw.stop()
+    t.join(20)
+    assert not t.is_alive(), "stop() did not wake the loop"
+
+
+def test_a_tick_too_slow_for_the_interlocks_is_refused(tmp_path: Path):
+    p = tmp_path / "gw.toml"
+    p.write_text('[gateway]\ndata_dir = "%s"\ntick_ms = 5000\n' % (tmp_path / "data"))
+    r = _invoke("status", "--config", str(p))
+    assert r.exit_code == 5 and "tick_ms: must be 20..1000" in r.output
