@@ -116,7 +116,12 @@ def _plain(obj: Any, depth: int = 1) -> bool:
     t = type(obj)
     if t is dict:
         keys = list(obj)
-        if keys and not (set(map(type, keys)) == _INTS and keys == sorted(keys) and keys[0] >= 0):
+        if keys and not (
+            set(map(type, keys)) == _INTS
+            and keys == sorted(keys)
+            and keys[0] >= 0
+            and keys[-1] <= _INT_MAX
+        ):
             return False  # negative or text keys, or unsorted: the strict decoder decides
         values = list(obj.values())
     elif t is list:
