@@ -15,16 +15,13 @@ them all.
 from __future__ import annotations
 
 import datetime
-import difflib
 import hashlib
 import os
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from types import MappingProxyType
 
-import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from gateway.druglib.model import (
@@ -34,6 +31,15 @@ from gateway.druglib.model import (
     DrugLibrary,
     Limits,
     WeightRange,
+)
+from gateway.yaml_strict import (
+    INT_TAG,
+    StrictReader,
+    YamlFileError,
+    YamlIssue,
+    is_empty,
+    join_path,
+    read_source,
 )
 
 __all__ = [
@@ -48,11 +54,8 @@ __all__ = [
 FORMAT = 1
 MAX_FILE_BYTES = 1_000_000
 
-_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?")
 _ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
-_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
-_NULL_TAG = "tag:yaml.org,2002:null"
 
 _ORDER = ("lower_hard", "lower_soft", "default", "upper_soft", "upper_hard")
 _STRICT_PAIRS = {("lower_hard", "lower_soft"), ("upper_soft", "upper_hard")}
@@ -83,148 +86,36 @@ _MAX_CONCENTRATIONS = 8
 
 
 @dataclass(frozen=True)
-class LibraryIssue:
+class LibraryIssue(YamlIssue):
     """One problem in a library file, located at the token that causes it (1-based)."""
 
-    source: str
-    line: int
-    column: int
-    path: str
-    message: str
 
-    def __str__(self) -> str:
-        where = f"{self.source}:{self.line}:{self.column}" if self.line else self.source
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
-
-
-class DrugLibraryError(ValueError):
+class DrugLibraryError(YamlFileError[LibraryIssue]):
     """The library file cannot be used; ``issues`` lists every problem found, in file order."""
-
-    def __init__(self, issues: Sequence[LibraryIssue]) -> None:
-        self.issues: tuple[LibraryIssue, ...] = tuple(issues)
-        super().__init__("\n".join(str(i) for i in self.issues))
 
 
 def load_library(path: str | os.PathLike[str]) -> DrugLibrary:
     """Read and validate the library at ``path``; raise ``DrugLibraryError`` on any fault."""
-    source = os.fspath(path)
-    try:
-        with open(source, "rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
-    except OSError as e:
-        raise DrugLibraryError(
-            [LibraryIssue(source, 0, 0, "", f"cannot read the file ({e.strerror})")]
-        ) from e
+    source, data = read_source(path, MAX_FILE_BYTES, DrugLibraryError, LibraryIssue)
     return parse_library(data, source)
 
 
 def parse_library(data: bytes, source: str = "<memory>") -> DrugLibrary:
     """Validate library bytes; the library's identity is the SHA-256 of exactly these bytes."""
-    r = _Reader(source)
-    if len(data) > MAX_FILE_BYTES:
-        r.issues.append(
-            LibraryIssue(source, 1, 1, "", f"file is larger than {MAX_FILE_BYTES} bytes")
-        )
-        raise DrugLibraryError(r.issues)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        r.issues.append(LibraryIssue(source, 1, 1, "", f"not UTF-8 text (byte {e.start})"))
-        raise DrugLibraryError(r.issues) from e
-    root = r.compose(text)
+    r = _Reader(source, LibraryIssue)
+    root = r.document(data, MAX_FILE_BYTES)
     lib = r.library(root, hashlib.sha256(data).hexdigest()) if root is not None else None
     if r.issues or lib is None:
-        if not r.issues:
-            r.issues.append(LibraryIssue(source, 1, 1, "", "the file is empty"))
-        raise DrugLibraryError(sorted(r.issues, key=lambda i: (i.line, i.column)))
+        raise DrugLibraryError(r.in_file_order())
     return lib
 
 
-def _at(node: Node) -> str:
-    return f"at line {node.start_mark.line + 1}, column {node.start_mark.column + 1}"
+class _Reader(StrictReader[LibraryIssue]):
+    """The library's own structure and limits; the YAML strictness is ``StrictReader``'s."""
 
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-class _Reader:
-    """Walks composed YAML nodes, collecting every issue instead of stopping at the first."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.issues: list[LibraryIssue] = []
-
-    def error(self, node: Node, path: str, message: str) -> None:
-        m = node.start_mark
-        self.issues.append(LibraryIssue(self.source, m.line + 1, m.column + 1, path, message))
-
-    # -- YAML level -------------------------------------------------------------------------
-
-    def compose(self, text: str) -> Node | None:
-        try:
-            for event in yaml.parse(text, Loader=yaml.SafeLoader):
-                if isinstance(event, yaml.AliasEvent):
-                    m = event.start_mark
-                    self.issues.append(
-                        LibraryIssue(
-                            self.source,
-                            m.line + 1,
-                            m.column + 1,
-                            "",
-                            f"alias *{event.anchor} is not allowed: write every value out "
-                            "where it applies so the library can be reviewed line by line",
-                        )
-                    )
-            if self.issues:
-                return None
-            node: Node | None = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.MarkedYAMLError as e:
-            m = e.problem_mark or e.context_mark
-            line, col = (m.line + 1, m.column + 1) if m is not None else (1, 1)
-            problem = e.problem or e.context or "invalid YAML"
-            self.issues.append(LibraryIssue(self.source, line, col, "", f"YAML error: {problem}"))
-            return None
-        except yaml.YAMLError as e:
-            self.issues.append(LibraryIssue(self.source, 1, 1, "", f"YAML error: {e}"))
-            return None
-        return node
-
-    def fields(
-        self,
-        node: Node,
-        path: str,
-        required: Sequence[str],
-        optional: Sequence[str] = (),
-        anchor: Node | None = None,
-    ) -> dict[str, tuple[Node, Node]] | None:
-        """Fixed-key mapping: reports unknown, duplicate and missing keys."""
-        if not isinstance(node, MappingNode):
-            self.error(node, path, "must be a mapping of fields")
-            return None
-        allowed = (*required, *optional)
-        out: dict[str, tuple[Node, Node]] = {}
-        for k, v in node.value:
-            if not isinstance(k, ScalarNode):
-                self.error(k, path, "field names must be plain words")
-                continue
-            name = k.value
-            if name in out:
-                self.error(k, path, f"duplicate field '{name}' (first {_at(out[name][0])})")
-                continue
-            if name not in allowed:
-                # A real limit name in the wrong block gets the list, not a misleading guess.
-                hint = [] if name in _ORDER else difflib.get_close_matches(name, allowed, n=1)
-                extra = (
-                    f"; did you mean '{hint[0]}'?" if hint else f" (allowed: {', '.join(allowed)})"
-                )
-                self.error(k, path, f"unknown field '{name}'{extra}")
-                continue
-            out[name] = (k, v)
-        for name in required:
-            if name not in out:
-                self.error(anchor or node, path, f"missing required field '{name}'")
-        return out
+    reviewed = "the library"
+    # A real limit name in the wrong block gets the list, not a misleading guess.
+    unhinted = frozenset(_ORDER)
 
     def id_map(self, node: Node, path: str, kind: str) -> list[tuple[str, Node, Node]]:
         """Mapping of ids to blocks (care areas, drugs): ids must be unique and well formed."""
@@ -238,7 +129,9 @@ class _Reader:
                 self.error(k, path, f"{kind} ids must be plain words")
                 continue
             if k.value in first:
-                self.error(k, path, f"duplicate {kind} '{k.value}' (first {_at(first[k.value])})")
+                self.error(
+                    k, path, f"duplicate {kind} '{k.value}' ({self.first_note(first[k.value])})"
+                )
                 continue
             first[k.value] = k
             if not _ID.fullmatch(k.value):
@@ -256,29 +149,9 @@ class _Reader:
     # -- scalars ----------------------------------------------------------------------------
 
     def number(self, node: Node, path: str, *, positive: bool = True) -> Decimal | None:
-        if not isinstance(node, ScalarNode):
-            self.error(node, path, "must be a number")
-            return None
-        text = node.value
-        if node.tag not in _NUMBER_TAGS or node.style not in (None, ""):
-            if _NUMBER.fullmatch(text.strip()):
-                self.error(node, path, f"must be a number, not quoted text '{text}'")
-            elif node.tag == _NULL_TAG and node.style in (None, ""):
-                self.error(node, path, "must be a number, not empty")
-            else:
-                self.error(node, path, f"must be a number, not '{text}'")
-            return None
-        if not _NUMBER.fullmatch(text):
-            self.error(
-                node,
-                path,
-                f"must be a plain decimal number such as 0.75 or 40, not '{text}' "
-                "(no exponents, signs, underscores, leading zeros, hex or infinities)",
-            )
-            return None
-        value = Decimal(text)
-        if positive and value <= 0:
-            self.error(node, path, f"must be greater than 0, not {text}")
+        value = self.decimal(node, path, signed=True, example="0.75 or 40")
+        if value is not None and positive and value <= 0:
+            self.error(node, path, f"must be greater than 0, not {node.value}")
             return None
         return value
 
@@ -286,8 +159,7 @@ class _Reader:
         if not isinstance(node, ScalarNode):
             self.error(node, path, "must be text")
             return None
-        empty = node.tag == _NULL_TAG and node.style in (None, "")
-        value = "" if empty else node.value.strip()
+        value = "" if is_empty(node) else node.value.strip()
         if not value:
             self.error(node, path, "must not be empty")
             return None
@@ -313,7 +185,7 @@ class _Reader:
                 if isinstance(k, ScalarNode) and k.value == "format":
                     if not (
                         isinstance(node, ScalarNode)
-                        and node.tag == "tag:yaml.org,2002:int"
+                        and node.tag == INT_TAG
                         and node.value == str(FORMAT)
                     ):
                         value = node.value if isinstance(node, ScalarNode) else "?"
@@ -349,7 +221,7 @@ class _Reader:
         areas_ok = "care_areas" in f
         if "care_areas" in f:
             for area_id, key, node in self.id_map(f["care_areas"][1], "care_areas", "care area"):
-                area = self.care_area(area_id, key, node, _join("care_areas", area_id))
+                area = self.care_area(area_id, key, node, join_path("care_areas", area_id))
                 if area is None:
                     areas_ok = False
                 else:
@@ -392,16 +264,18 @@ class _Reader:
         if f is None:
             return None
         description = (
-            self.text(f["description"][1], _join(path, "description"), max_len=500, multiline=True)
+            self.text(
+                f["description"][1], join_path(path, "description"), max_len=500, multiline=True
+            )
             if "description" in f
             else None
         )
         drugs: dict[str, DrugEntry] = {}
         ok = "drugs" in f
         if "drugs" in f:
-            dpath = _join(path, "drugs")
+            dpath = join_path(path, "drugs")
             for drug_id, dkey, dnode in self.id_map(f["drugs"][1], dpath, "drug"):
-                entry = self.entry(drug_id, dkey, dnode, _join(dpath, drug_id))
+                entry = self.entry(drug_id, dkey, dnode, join_path(dpath, drug_id))
                 if entry is None:
                     ok = False
                 else:
@@ -416,7 +290,7 @@ class _Reader:
             return None
         before = len(self.issues)
         name = (
-            self.text(f["name"][1], _join(path, "name"), max_len=_MAX_DRUG_NAME)
+            self.text(f["name"][1], join_path(path, "name"), max_len=_MAX_DRUG_NAME)
             if "name" in f
             else None
         )
@@ -429,16 +303,16 @@ class _Reader:
             except ValueError:
                 choices = ", ".join(u.value for u in DosingUnit)
                 self.error(
-                    unode, _join(path, "dosing_unit"), f"must be one of {choices}, not '{raw}'"
+                    unode, join_path(path, "dosing_unit"), f"must be one of {choices}, not '{raw}'"
                 )
         concentrations = (
-            self.concentrations(f["concentrations"][1], _join(path, "concentrations"))
+            self.concentrations(f["concentrations"][1], join_path(path, "concentrations"))
             if "concentrations" in f
             else None
         )
         weight: WeightRange | None = None
         if "weight_kg" in f:
-            weight = self.weight(f["weight_kg"], _join(path, "weight_kg"))
+            weight = self.weight(f["weight_kg"], join_path(path, "weight_kg"))
         elif unit is not None and unit.weight_based:
             self.error(
                 key,
@@ -455,11 +329,13 @@ class _Reader:
             ("max_cumulative_dose", dose_unit),
         ):
             if field in f:
-                blocks[field] = self.limits(f[field], _join(path, field), field, u)
+                blocks[field] = self.limits(f[field], join_path(path, field), field, u)
         advisory = ""
         if "advisory" in f:
             advisory = (
-                self.text(f["advisory"][1], _join(path, "advisory"), max_len=2000, multiline=True)
+                self.text(
+                    f["advisory"][1], join_path(path, "advisory"), max_len=2000, multiline=True
+                )
                 or ""
             )
         if len(self.issues) != before or unit is None or name is None or concentrations is None:
@@ -507,7 +383,9 @@ class _Reader:
                 continue
             if value in seen:
                 self.error(
-                    item, path, f"duplicate concentration {value} mg/mL (first {_at(seen[value])})"
+                    item,
+                    path,
+                    f"duplicate concentration {value} mg/mL ({self.first_note(seen[value])})",
                 )
                 ok = False
                 continue
@@ -519,12 +397,12 @@ class _Reader:
         f = self.fields(kv[1], path, ("min", "max"), anchor=kv[0])
         if f is None or "min" not in f or "max" not in f:
             return None
-        lo = self.number(f["min"][1], _join(path, "min"))
-        hi = self.number(f["max"][1], _join(path, "max"))
+        lo = self.number(f["min"][1], join_path(path, "min"))
+        hi = self.number(f["max"][1], join_path(path, "max"))
         if lo is None or hi is None:
             return None
         if not lo < hi:
-            self.error(f["min"][1], _join(path, "min"), f"must be below max ({hi} kg)")
+            self.error(f["min"][1], join_path(path, "min"), f"must be below max ({hi} kg)")
             return None
         return WeightRange(min=lo, max=hi)
 
@@ -540,7 +418,7 @@ class _Reader:
         ok = all(k in f for k in required)
         for name in _ORDER:
             if name in f:
-                v = self.number(f[name][1], _join(path, name))
+                v = self.number(f[name][1], join_path(path, name))
                 if v is None:
                     ok = False
                 else:
@@ -554,10 +432,10 @@ class _Reader:
             suffix = f" {unit}" if unit else ""
             if (a, b) in _STRICT_PAIRS:
                 if not va < vb:
-                    self.error(nodes[a], _join(path, a), f"must be below {b} ({vb}{suffix})")
+                    self.error(nodes[a], join_path(path, a), f"must be below {b} ({vb}{suffix})")
                     ok = False
             elif not va <= vb:
-                self.error(nodes[a], _join(path, a), f"must not be above {b} ({vb}{suffix})")
+                self.error(nodes[a], join_path(path, a), f"must not be above {b} ({vb}{suffix})")
                 ok = False
         if not ok:
             return None
@@ -586,14 +464,14 @@ class _Reader:
         if rate[0].default * dur[0].default > cum[0].upper_soft * 60:  # exact, no division
             self.error(
                 cum[1]["upper_soft"],
-                _join(path, "max_cumulative_dose.upper_soft"),
+                join_path(path, "max_cumulative_dose.upper_soft"),
                 f"is below the default program's dose ({_fmt(default_dose)} {d} = rate.default x "
                 "duration_min.default), so every default program would need an override",
             )
         if bolus is not None and bolus[0].upper_hard > cum[0].upper_hard:
             self.error(
                 bolus[1]["upper_hard"],
-                _join(path, "bolus.upper_hard"),
+                join_path(path, "bolus.upper_hard"),
                 f"must not be above max_cumulative_dose.upper_hard ({cum[0].upper_hard} {d})",
             )
 

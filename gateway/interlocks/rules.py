@@ -18,17 +18,27 @@ examples for a clinic's medical director, not recommendations.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import os
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from gateway.yaml_strict import (
+    BOOL_TAG,
+    INT_TAG,
+    STR_TAG,
+    StrictReader,
+    YamlFileError,
+    YamlIssue,
+    is_empty,
+    is_plain,
+    join_path,
+    node_kind,
+    read_source,
+)
 from protocol import mdc
 
 __all__ = [
@@ -65,16 +75,10 @@ DEFAULT_SOURCES: dict[str, tuple[int, ...]] = {
 # Names the engine uses for its own conditions and rule ids; a vital may not take them.
 _RESERVED = frozenset({"pump", "node", "combine", "manual", "restore"})
 
-_NUMBER = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?")
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _PROTOCOL = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 _ALARM_CODE = re.compile(r"[a-z0-9_]{1,16}")
-_INT_TAG = "tag:yaml.org,2002:int"
-_FLOAT_TAG = "tag:yaml.org,2002:float"
-_BOOL_TAG = "tag:yaml.org,2002:bool"
-_NULL_TAG = "tag:yaml.org,2002:null"
-_STR_TAG = "tag:yaml.org,2002:str"
 
 _TOP_REQUIRED = ("format", "protocol", "version", "approved_by", "parameters", "combine", "pump")
 _PARAM_REQUIRED = ("required_for_permit", "max_age_s")
@@ -182,26 +186,12 @@ class RuleSet:
 
 
 @dataclass(frozen=True)
-class RuleIssue:
+class RuleIssue(YamlIssue):
     """One problem in a rules file, located at the token that causes it (1-based)."""
 
-    source: str
-    line: int
-    column: int
-    path: str
-    message: str
 
-    def __str__(self) -> str:
-        where = f"{self.source}:{self.line}:{self.column}" if self.line else self.source
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
-
-
-class RulesError(ValueError):
+class RulesError(YamlFileError[RuleIssue]):
     """The rules file cannot be used; ``issues`` lists every problem found, in file order."""
-
-    def __init__(self, issues: Sequence[RuleIssue]) -> None:
-        self.issues: tuple[RuleIssue, ...] = tuple(issues)
-        super().__init__("\n".join(str(i) for i in self.issues))
 
 
 # -- loading --------------------------------------------------------------------------------
@@ -209,150 +199,34 @@ class RulesError(ValueError):
 
 def load_ruleset(path: str | os.PathLike[str]) -> RuleSet:
     """Read and validate the rules file at ``path``; raise ``RulesError`` on any fault."""
-    source = os.fspath(path)
-    try:
-        with open(source, "rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
-    except OSError as e:
-        raise RulesError(
-            [RuleIssue(source, 0, 0, "", f"cannot read the file ({e.strerror})")]
-        ) from e
+    source, data = read_source(path, MAX_FILE_BYTES, RulesError, RuleIssue)
     return parse_ruleset(data, source)
 
 
 def parse_ruleset(data: bytes | str, source: str = "<memory>") -> RuleSet:
     """Validate rules-file bytes; the rule set's identity is the SHA-256 of these bytes."""
     raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-    r = _Reader(source)
-    if len(raw) > MAX_FILE_BYTES:
-        raise RulesError(
-            [RuleIssue(source, 1, 1, "", f"file is larger than {MAX_FILE_BYTES} bytes")]
-        )
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise RulesError([RuleIssue(source, 1, 1, "", f"not UTF-8 text (byte {e.start})")]) from e
-    root = r.compose(text)
+    r = _Reader(source, RuleIssue)
+    root = r.document(raw, MAX_FILE_BYTES)
     rules = r.ruleset(root, hashlib.sha256(raw).hexdigest()) if root is not None else None
     if r.issues or rules is None:
-        if not r.issues:
-            r.issues.append(RuleIssue(source, 1, 1, "", "the file is empty"))
-        raise RulesError(sorted(r.issues, key=lambda i: (i.line, i.column)))
+        raise RulesError(r.in_file_order())
     return rules
 
 
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
+class _Reader(StrictReader[RuleIssue]):
+    """The rule set's own structure and limits; the YAML strictness is ``StrictReader``'s."""
 
+    reviewed = "the rules"
 
-def _is_plain(node: ScalarNode) -> bool:
-    return node.style in (None, "")
-
-
-class _Reader:
-    """Walks composed YAML nodes, collecting every issue instead of stopping at the first."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.issues: list[RuleIssue] = []
-
-    def error(self, node: Node, path: str, message: str) -> None:
-        m = node.start_mark
-        self.issues.append(RuleIssue(self.source, m.line + 1, m.column + 1, path, message))
-
-    # -- YAML level -------------------------------------------------------------------------
-
-    def compose(self, text: str) -> Node | None:
-        try:
-            for event in yaml.parse(text, Loader=yaml.SafeLoader):
-                if isinstance(event, yaml.AliasEvent):
-                    m = event.start_mark
-                    self.issues.append(
-                        RuleIssue(
-                            self.source,
-                            m.line + 1,
-                            m.column + 1,
-                            "",
-                            f"alias *{event.anchor} is not allowed: write every value out "
-                            "where it applies so the rules can be reviewed line by line",
-                        )
-                    )
-            if self.issues:
-                return None
-            node: Node | None = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.MarkedYAMLError as e:
-            m = e.problem_mark or e.context_mark
-            line, col = (m.line + 1, m.column + 1) if m is not None else (1, 1)
-            problem = e.problem or e.context or "invalid YAML"
-            self.issues.append(RuleIssue(self.source, line, col, "", f"YAML error: {problem}"))
-            return None
-        except yaml.YAMLError as e:
-            self.issues.append(RuleIssue(self.source, 1, 1, "", f"YAML error: {e}"))
-            return None
-        return node
-
-    def fields(
-        self, node: Node, path: str, required: Sequence[str], optional: Sequence[str] = ()
-    ) -> dict[str, tuple[Node, Node]] | None:
-        """Fixed-key mapping: reports unknown, duplicate and missing keys."""
-        if not isinstance(node, MappingNode):
-            self.error(node, path, "must be a mapping of fields")
-            return None
-        allowed = (*required, *optional)
-        out: dict[str, tuple[Node, Node]] = {}
-        for k, v in node.value:
-            if not isinstance(k, ScalarNode):
-                self.error(k, path, "field names must be plain words")
-                continue
-            if k.tag == "tag:yaml.org,2002:merge":
-                self.error(k, path, "merge keys (<<) are not allowed: write every field out")
-                continue
-            name = k.value
-            if name in out:
-                first = out[name][0].start_mark.line + 1
-                self.error(k, path, f"duplicate field '{name}' (first given on line {first})")
-                continue
-            if name not in allowed:
-                hint = difflib.get_close_matches(name, allowed, n=1)
-                extra = (
-                    f"; did you mean '{hint[0]}'?" if hint else f" (allowed: {', '.join(allowed)})"
-                )
-                self.error(k, path, f"unknown field '{name}'{extra}")
-                continue
-            out[name] = (k, v)
-        for name in required:
-            if name not in out:
-                self.error(node, path, f"missing required field '{name}'")
-        return out
+    def first_note(self, node: Node) -> str:
+        return f"first given on line {node.start_mark.line + 1}"
 
     # -- scalars ----------------------------------------------------------------------------
 
-    def _not_a(self, node: Node, path: str, what: str) -> None:
-        if not isinstance(node, ScalarNode):
-            self.error(node, path, f"must be {what}, not a {_kind(node)}")
-        elif node.tag == _NULL_TAG and _is_plain(node):
-            self.error(node, path, f"must be {what}, not empty")
-        elif not _is_plain(node) and _NUMBER.fullmatch(node.value.strip()):
-            self.error(node, path, f"must be {what}, not quoted text '{node.value}'")
-        else:
-            self.error(node, path, f"must be {what}, not '{node.value}'")
-
     def number(self, node: Node, path: str) -> Decimal | None:
         """A plain non-negative decimal as written, e.g. ``90`` or ``37.5``."""
-        if not (
-            isinstance(node, ScalarNode) and node.tag in (_INT_TAG, _FLOAT_TAG) and _is_plain(node)
-        ):
-            self._not_a(node, path, "a number")
-            return None
-        if not _NUMBER.fullmatch(node.value):
-            self.error(
-                node,
-                path,
-                f"must be a plain decimal number such as 90 or 37.5, not '{node.value}' "
-                "(no signs, exponents, underscores, leading zeros, hex or infinities)",
-            )
-            return None
-        return Decimal(node.value)
+        return self.decimal(node, path, signed=False, example="90 or 37.5")
 
     def seconds(self, node: Node, path: str, *, positive: bool) -> float | None:
         value = self.number(node, path)
@@ -369,22 +243,22 @@ class _Reader:
     def boolean(self, node: Node, path: str) -> bool | None:
         if (
             isinstance(node, ScalarNode)
-            and node.tag == _BOOL_TAG
-            and _is_plain(node)
+            and node.tag == BOOL_TAG
+            and is_plain(node)
             and node.value in ("true", "false")
         ):
             return bool(node.value == "true")
-        self._not_a(node, path, "true or false")
+        self.not_a(node, path, "true or false")
         return None
 
     def integer(self, node: Node, path: str, *, minimum: int) -> int | None:
         if not (
             isinstance(node, ScalarNode)
-            and node.tag == _INT_TAG
-            and _is_plain(node)
+            and node.tag == INT_TAG
+            and is_plain(node)
             and re.fullmatch(r"0|[1-9][0-9]{0,9}", node.value)
         ):
-            self._not_a(node, path, "a whole number")
+            self.not_a(node, path, "a whole number")
             return None
         value = int(node.value)
         if value < minimum:
@@ -393,11 +267,11 @@ class _Reader:
         return value
 
     def text(self, node: Node, path: str, *, pattern: re.Pattern[str], rule: str) -> str | None:
-        if not isinstance(node, ScalarNode) or (node.tag == _NULL_TAG and _is_plain(node)):
-            self._not_a(node, path, "text")
+        if not isinstance(node, ScalarNode) or is_empty(node):
+            self.not_a(node, path, "text")
             return None
         value = node.value.strip()
-        if node.tag not in (_STR_TAG, _INT_TAG) and _is_plain(node):
+        if node.tag not in (STR_TAG, INT_TAG) and is_plain(node):
             # e.g. `version: 1.10` is the float 1.1 to any other YAML reader
             self.error(node, path, f'must be text; quote it ("{value}") so it is read as written')
             return None
@@ -416,8 +290,8 @@ class _Reader:
             node = f["format"][1]
             if not (
                 isinstance(node, ScalarNode)
-                and node.tag == _INT_TAG
-                and _is_plain(node)
+                and node.tag == INT_TAG
+                and is_plain(node)
                 and node.value == str(FORMAT)
             ):
                 value = node.value if isinstance(node, ScalarNode) else "?"
@@ -489,10 +363,8 @@ class _Reader:
                 continue
             name = k.value
             if name in first:
-                line = first[name].start_mark.line + 1
-                self.error(
-                    k, "parameters", f"duplicate parameter '{name}' (first given on line {line})"
-                )
+                note = self.first_note(first[name])
+                self.error(k, "parameters", f"duplicate parameter '{name}' ({note})")
                 ok = False
                 continue
             first[name] = k
@@ -517,12 +389,12 @@ class _Reader:
         return tuple(out) if ok else None
 
     def parameter(self, name: str, key: Node, node: Node) -> ParameterRule | None:
-        path = _join("parameters", name)
+        path = join_path("parameters", name)
         f = self.fields(node, path, _PARAM_REQUIRED, _PARAM_OPTIONAL)
         if f is None:
             return None
         if "sources" in f:
-            sources = self.sources(f["sources"][1], _join(path, "sources"))
+            sources = self.sources(f["sources"][1], join_path(path, "sources"))
         elif name in DEFAULT_SOURCES:
             sources = DEFAULT_SOURCES[name]
         else:
@@ -534,22 +406,22 @@ class _Reader:
             )
             sources = None
         required = (
-            self.boolean(f["required_for_permit"][1], _join(path, "required_for_permit"))
+            self.boolean(f["required_for_permit"][1], join_path(path, "required_for_permit"))
             if "required_for_permit" in f
             else None
         )
         max_age = (
-            self.seconds(f["max_age_s"][1], _join(path, "max_age_s"), positive=True)
+            self.seconds(f["max_age_s"][1], join_path(path, "max_age_s"), positive=True)
             if "max_age_s" in f
             else None
         )
         warning = critical = None
         bad_band = False
         if "warning" in f:
-            warning = self.band(f["warning"][1], _join(path, "warning"))
+            warning = self.band(f["warning"][1], join_path(path, "warning"))
             bad_band |= warning is None
         if "critical" in f:
-            critical = self.band(f["critical"][1], _join(path, "critical"))
+            critical = self.band(f["critical"][1], join_path(path, "critical"))
             bad_band |= critical is None
         if warning is not None and critical is not None:
             self.nest(warning, critical, f["warning"][1], path)
@@ -598,25 +470,27 @@ class _Reader:
         low = high = None
         ok = True
         if "low" in f:
-            low = self.number(f["low"][1], _join(path, "low"))
+            low = self.number(f["low"][1], join_path(path, "low"))
             ok &= low is not None
         if "high" in f:
-            high = self.number(f["high"][1], _join(path, "high"))
+            high = self.number(f["high"][1], join_path(path, "high"))
             ok &= high is not None
         if "low" not in f and "high" not in f:
             self.error(node, path, "must give a 'low' limit, a 'high' limit or both")
             ok = False
         if low is not None and high is not None and low >= high:
-            self.error(f["high"][1], _join(path, "high"), f"must be above low ({low}), not {high}")
+            self.error(
+                f["high"][1], join_path(path, "high"), f"must be above low ({low}), not {high}"
+            )
             ok = False
         for_s = (
-            self.seconds(f["for_s"][1], _join(path, "for_s"), positive=False)
+            self.seconds(f["for_s"][1], join_path(path, "for_s"), positive=False)
             if "for_s" in f
             else None
         )
         clear_s: float | None = None if for_s is None else min(for_s, DEFAULT_CLEAR_S)
         if "clear_s" in f:
-            clear_s = self.seconds(f["clear_s"][1], _join(path, "clear_s"), positive=False)
+            clear_s = self.seconds(f["clear_s"][1], join_path(path, "clear_s"), positive=False)
         if not ok or for_s is None or clear_s is None:
             return None
         return Band(low=low, high=high, for_s=for_s, clear_s=clear_s)
@@ -626,14 +500,14 @@ class _Reader:
         if warning.low is not None and critical.low is not None and warning.low < critical.low:
             self.error(
                 _value_node(warning_node, "low"),
-                _join(path, "warning.low"),
+                join_path(path, "warning.low"),
                 f"warning low {warning.low} is below critical low {critical.low}; "
                 "a warning limit must lie inside the critical limits",
             )
         if warning.high is not None and critical.high is not None and warning.high > critical.high:
             self.error(
                 _value_node(warning_node, "high"),
-                _join(path, "warning.high"),
+                join_path(path, "warning.high"),
                 f"warning high {warning.high} is above critical high {critical.high}; "
                 "a warning limit must lie inside the critical limits",
             )
@@ -665,17 +539,17 @@ class _Reader:
         if "trip_on_alarms" in f:
             v = f["trip_on_alarms"][1]
             path = "pump.trip_on_alarms"
-            if isinstance(v, ScalarNode) and _is_plain(v) and v.value == "any":
+            if isinstance(v, ScalarNode) and is_plain(v) and v.value == "any":
                 any_alarm = True
             elif isinstance(v, SequenceNode):
                 any_alarm = False
                 for item in v.value:
                     if not (
                         isinstance(item, ScalarNode)
-                        and item.tag == _STR_TAG
+                        and item.tag == STR_TAG
                         and _ALARM_CODE.fullmatch(item.value)
                     ):
-                        value = item.value if isinstance(item, ScalarNode) else _kind(item)
+                        value = item.value if isinstance(item, ScalarNode) else node_kind(item)
                         self.error(
                             item,
                             path,
@@ -688,7 +562,7 @@ class _Reader:
                     else:
                         codes.append(item.value)
             else:
-                self._not_a(v, path, "'any' or a list of pump alarm codes such as [stalled]")
+                self.not_a(v, path, "'any' or a list of pump alarm codes such as [stalled]")
         offline = (
             self.seconds(f["node_offline_s"][1], "pump.node_offline_s", positive=True)
             if "node_offline_s" in f
@@ -710,11 +584,3 @@ def _value_node(mapping: Node, key: str) -> Node:
         if isinstance(k, ScalarNode) and k.value == key:
             return v
     return mapping
-
-
-def _kind(node: Node) -> str:
-    if isinstance(node, MappingNode):
-        return "mapping"
-    if isinstance(node, SequenceNode):
-        return "list"
-    return "value"
