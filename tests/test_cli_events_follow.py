@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 from gateway.audit import AuditLog, AuditRecord, Kinds, format_at, iter_records
 from gateway.cli import app
 from gateway.cli.common import CliError
-from gateway.cli.records import (
+from gateway.cli.events import (
     Polling,
     event_header,
     event_json,

@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 from gateway import report
 from gateway.audit import AuditLog, Kinds
 from gateway.cli import app
-from gateway.cli.records import parse_when, summarize
+from gateway.cli.events import summarize
+from gateway.cli.records import parse_when
 from gateway.db import open_db, transaction
 from gateway.store import Store
 from protocol import cbor, cose, mdc, schema

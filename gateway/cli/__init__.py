@@ -20,7 +20,7 @@ app = typer.Typer(
 
 import importlib  # noqa: E402
 
-for _name in ("ops", "files", "provision", "records", "demo"):
+for _name in ("ops", "files", "provision", "records", "events", "demo"):
     try:
         importlib.import_module("gateway.cli." + _name)
     except ModuleNotFoundError as _e:
