@@ -180,7 +180,9 @@ class Gateway:
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         client.on_disconnect = self._on_disconnect
-        client.max_inflight_messages_set(100)
+        # Outgoing QoS 1 (permits, stops, chair states: ~2 per chair per second): a small
+        # window caps them at window / broker round trip and queues every stop behind it.
+        client.max_inflight_messages_set(1000)
         client.reconnect_delay_set(min_delay=1, max_delay=10)
         client.max_queued_messages_set(0)
         return client
