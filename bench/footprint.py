@@ -14,7 +14,10 @@ live heap during one, and the node's per-packet and per-command crypto time.
   (``gc.collect()`` then ``gc.mem_alloc()`` every second, printed as ``HEAPSTAT`` lines); no
   firmware change is needed for it;
 * crypto: bench/mpy_footprint.py in the MicroPython unix port (64-bit; a 32-bit board is
-  expected to be 50-200x slower: /work/shared/reference/platform.md).
+  expected to be 50-200x slower: /work/shared/reference/platform.md);
+* import costs: the heap each module the running node keeps costs once imported (in boot
+  order, so a module's figure excludes what it imports), split into the qstrs it adds and
+  the rest; and the boot-only modules firmware/boot.py unloads.
 
 The unix port loads bytecode into the heap; a board with frozen modules runs it from flash,
 so the heap figures here are an upper bound for such a board.
@@ -132,6 +135,82 @@ def mpy_costs(n: int) -> dict[str, Any]:
     if r.returncode != 0:
         raise benchlib.BenchError("mpy_footprint.py failed: %s" % (r.stdout + r.stderr)[-800:])
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+# --- import costs ----------------------------------------------------------------------------
+
+# What the running node keeps, in the order it imports it (firmware/boot.py), then what boot
+# loads and unloads again.
+RUNTIME_MODULES = (
+    "protocol._const protocol.errors protocol.cbor protocol.sha512 protocol.ed25519 "
+    "protocol.cose protocol.envelope protocol.replay firmware.drivers._ticks "
+    "firmware.drivers._frame firmware.mqtt.codec firmware.mqtt.client firmware.outbox "
+    "firmware.permit firmware.sentlog firmware.commands firmware.log firmware.node "
+    "firmware.drivers.ne1000 firmware.drivers.masimo firmware.drivers.datex "
+    "firmware.hal.uart_pty firmware.hal.watchdog firmware.runner firmware.main"
+).split()
+BOOT_MODULES = (
+    "protocol.topics protocol.mdc firmware.hal firmware.hal.storage firmware.hal.wifi "
+    "firmware.bootcount firmware.config protocol._ed25519_setup firmware.boot"
+).split()
+_IMPORTS = """
+import gc, micropython
+import asyncio
+def step(name):
+    gc.collect()
+    print("IMPORTED %s %d" % (name, gc.mem_alloc()))
+    micropython.qstr_info()
+step("-")
+for name in NAMES:
+    __import__(name)
+    step(name)
+"""
+_STEP = re.compile(
+    r"IMPORTED (\S+) (\d+)\nqstr pool: n_pool=\d+, n_qstr=(\d+), n_str_data_bytes=\d+, "
+    r"n_total_bytes=(\d+)"
+)
+
+
+def import_costs() -> dict[str, Any]:
+    """{module: {"bytes", "qstrs", "bytes_without_qstrs"}} for the runtime modules (in import
+    order, asyncio already loaded) and the boot-only ones, plus totals. The qstr pool grows
+    in doubling chunks, so "bytes" puts a whole new chunk on the module that needed it;
+    "bytes_without_qstrs" (heap minus the pool's growth) is the steadier figure."""
+    out = firmware_build.build()
+    # firmware.hal (boot-only) is imported as the parent of firmware.hal.uart_pty: import it
+    # first so that its cost is not counted as the port's.
+    walk = [n for n in RUNTIME_MODULES if n != "firmware.hal.uart_pty"]
+    walk = walk[:-3] + ["firmware.hal", "firmware.hal.uart_pty"] + walk[-3:]
+    walk += [n for n in BOOT_MODULES if n != "firmware.hal"]
+    r = subprocess.run(
+        [micropython_path(), "-X", "heapsize=1m", "-c", _IMPORTS.replace("NAMES", repr(walk))],
+        cwd=str(out),
+        env=dict(os.environ, MICROPYPATH=".:.frozen"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    steps = [
+        (m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4)))
+        for m in _STEP.finditer(r.stdout)
+    ]
+    if len(steps) != 1 + len(RUNTIME_MODULES) + len(BOOT_MODULES):
+        raise benchlib.BenchError("import walk failed: %s" % (r.stdout + r.stderr)[-800:])
+    mods: dict[str, Any] = {}
+    for prev, cur in zip(steps, steps[1:], strict=False):
+        alloc, qstrs, pool = cur[1] - prev[1], cur[2] - prev[2], cur[3] - prev[3]
+        mods[cur[0]] = {"bytes": alloc, "qstrs": qstrs, "bytes_without_qstrs": alloc - pool}
+
+    def total(names: list[str], key: str) -> int:
+        return sum(mods[n][key] for n in names)
+
+    return {
+        "runtime": {n: mods[n] for n in RUNTIME_MODULES},
+        "boot_only": {n: mods[n] for n in BOOT_MODULES},
+        "runtime_bytes": total(RUNTIME_MODULES, "bytes"),
+        "runtime_qstrs": total(RUNTIME_MODULES, "qstrs"),
+        "boot_only_bytes": total(BOOT_MODULES, "bytes"),
+    }
 
 
 # --- sessions --------------------------------------------------------------------------------
@@ -277,6 +356,17 @@ def main(argv: list[str] | None = None) -> int:
             result["size"]["source_bytes"],
         )
     )
+    result["imports"] = imp = import_costs()
+    print(
+        "import costs (heap once imported, 64-bit unix port): runtime modules %d bytes, %d "
+        "qstrs; boot-only modules %d bytes (unloaded after boot)"
+        % (imp["runtime_bytes"], imp["runtime_qstrs"], imp["boot_only_bytes"])
+    )
+    for name, c in sorted(imp["runtime"].items(), key=lambda kv: -kv[1]["bytes_without_qstrs"]):
+        print(
+            "  %-26s %6d bytes (%5d without its %3d qstrs)"
+            % (name, c["bytes"], c["bytes_without_qstrs"], c["qstrs"])
+        )
     result["crypto_micropython"] = mpy_costs(args.crypto_n)
     c = result["crypto_micropython"]
     print(

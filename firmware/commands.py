@@ -16,9 +16,17 @@ move it.
 """
 
 from firmware.drivers._ticks import ticks_diff
-from protocol import cbor, cose, schema
+from protocol import cbor, cose
+from protocol._const import const
+from protocol.envelope import validate_command
 from protocol.errors import ProtocolError
 from protocol.replay import DUPLICATE, STALE, ReplayWindow
+
+# protocol/schema.py numbers, as folded private copies (see firmware/node.py)
+_K_DEV = const(1)
+_K_BOOT = const(2)
+_K_SEQ = const(3)
+_C_REF = const(12)
 
 
 class Rejected(Exception):
@@ -29,15 +37,6 @@ class Rejected(Exception):
         self.reason = reason
         self.epoch = epoch
         self.seq = seq
-
-
-class Command:
-    def __init__(self, msg):
-        self.epoch = msg[schema.K_BOOT]
-        self.seq = msg[schema.K_SEQ]
-        self.kind = msg[schema.C_KIND]
-        self.args = msg[schema.C_ARGS]
-        self.ref_seq = msg[schema.C_REF][1]
 
 
 class CommandGate:
@@ -54,31 +53,33 @@ class CommandGate:
         return self._verifier if kid == self._kid else None
 
     def check(self, wire, boot, now):
-        """Return (Command, ref_tick) for a command to execute; raise Rejected otherwise."""
+        """Return (message, ref_tick) for a command to execute (the validated payload map,
+        keys as in protocol/schema.py); raise Rejected otherwise."""
         try:
             msg = cose.verify(wire, self._lookup)
-            body = schema.validate(cbor.loads(msg.payload), schema.COMMAND)
+            body = validate_command(cbor.loads(msg.payload))
         except ProtocolError as e:
             self.rejected += 1
             raise Rejected(e.reason)
-        cmd = Command(body)
-        if body[schema.K_DEV] != self.node_id:
+        epoch = body[_K_BOOT]
+        seq = body[_K_SEQ]
+        if body[_K_DEV] != self.node_id:
             self.rejected += 1
-            raise Rejected("cmd.other_device", cmd.epoch, cmd.seq)
-        ref_boot, ref_seq = body[schema.C_REF]
+            raise Rejected("cmd.other_device", epoch, seq)
+        ref_boot, ref_seq = body[_C_REF]
         ref_tick = self._sentlog.tick_of(ref_seq) if ref_boot == boot else None
         if ref_tick is None:
             self.rejected += 1
-            raise Rejected("cmd.stale_ref", cmd.epoch, cmd.seq)
+            raise Rejected("cmd.stale_ref", epoch, seq)
         age = ticks_diff(now, ref_tick)
         if age < 0 or age > self.max_age_ms:
             self.rejected += 1
-            raise Rejected("cmd.expired", cmd.epoch, cmd.seq)
-        verdict = self.window.check(cmd.epoch, cmd.seq)
+            raise Rejected("cmd.expired", epoch, seq)
+        verdict = self.window.check(epoch, seq)
         if verdict == DUPLICATE:
-            raise Rejected("cmd.duplicate", cmd.epoch, cmd.seq)
+            raise Rejected("cmd.duplicate", epoch, seq)
         if verdict == STALE:
             self.rejected += 1
-            raise Rejected("cmd.replayed", cmd.epoch, cmd.seq)
-        self.window.accept(cmd.epoch, cmd.seq)
-        return cmd, ref_tick
+            raise Rejected("cmd.replayed", epoch, seq)
+        self.window.accept(epoch, seq)
+        return body, ref_tick

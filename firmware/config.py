@@ -96,6 +96,7 @@ class Config:
                 raise ConfigError(where + ": node.%s: unknown setting" % k)
         self.state_dir = _path(base, node.get("state_dir", "."))
         self.local_limits = {}
+        self.limit_names = {}  # MDC code -> the name used here, for the node's messages
         limits = data.get("local_limits") or {}
         for name in limits:
             code = VITAL_NAMES.get(name)
@@ -112,6 +113,7 @@ class Config:
                 if v is not None and not isinstance(v, int):
                     raise ConfigError(w + ": limits are whole numbers in the vital's unit")
             self.local_limits[code] = (lo, hi)
+            self.limit_names[code] = name
 
 
 def _id(d, key, where):

@@ -23,8 +23,9 @@ from firmware.drivers._ticks import ticks_add, ticks_diff
 from firmware.outbox import Outbox
 from firmware.permit import Permit
 from firmware.sentlog import SentLog
-from protocol import cbor, cose, mdc, schema, topics
+from protocol import cbor, cose
 from protocol._const import const
+from protocol.envelope import envelope
 
 FIRMWARE_VERSION = "0.1.0"
 
@@ -35,11 +36,90 @@ _K_TELEMETRY = const(1)
 _K_EVENT = const(2)
 _K_ACK = const(3)
 
+# Wire numbers (protocol/schema.py has the public names and the field meanings). Private
+# const() copies are folded into the bytecode: importing protocol.schema would cost the node
+# heap for every name the gateway needs. tests/test_const_copies.py checks that they agree.
+_BIRTH = const(1)
+_TELEMETRY = const(2)
+_EVENT = const(3)
+_ACK = const(5)
+_DEATH = const(6)
+_K_BOOT = const(2)
+_K_SEQ = const(3)
+_K_T = const(4)
+_C_KIND = const(10)
+_C_ARGS = const(11)
+_B_FIRMWARE = const(10)
+_B_DRIVERS = const(11)
+_B_CAPS = const(12)
+_B_BOARD = const(13)
+_B_PERMIT_MAX = const(14)
+_T_VITALS = const(10)
+_T_PUMP = const(11)
+_T_NODE = const(12)
+_P_STATE = const(1)
+_P_RATE = const(2)
+_P_INFUSED = const(3)
+_P_VTBI = const(4)
+_P_ALARMS = const(5)
+_P_T = const(6)
+_P_PROGRAM = const(7)
+_PUMP_UNKNOWN = const(0)
+_PUMP_STOPPED = const(1)
+_PUMP_INFUSING = const(2)
+_PUMP_PAUSED = const(3)
+_PUMP_ALARM = const(4)
+_N_PERMIT_MS = const(1)
+_N_LOCAL_TRIP = const(2)
+_N_BUFFERED = const(3)
+_N_DROPPED = const(4)
+_N_SERIAL_BAD = const(5)
+_E_KIND = const(10)
+_E_SEVERITY = const(11)
+_E_DETAIL = const(12)
+_E_DATA = const(13)
+_SEV_INFO = const(0)
+_SEV_WARNING = const(1)
+_SEV_ALARM = const(2)
+_CMD_PROGRAM = const(1)
+_CMD_START = const(2)
+_CMD_STOP = const(3)
+_CMD_PERMIT = const(4)
+_CMD_CONFIG = const(5)
+_A_PROGRAM_ID = const(1)
+_A_RATE = const(2)
+_A_VTBI = const(3)
+_A_DIAMETER = const(4)
+_A_LIFETIME = const(6)
+_A_PERIOD = const(9)
+_K_CMD = const(10)
+_K_RESULT = const(11)
+_K_REASON = const(12)
+_ACK_OK = const(0)
+_ACK_REJECTED = const(1)
+_CMD_NAMES = ("", "program", "start", "stop", "permit", "config")  # for the console only
+
+# IEEE 11073 codes of the vitals a node reports -> the unit each must be sent in
+# (protocol/mdc.py UNITS, which a receiver enforces).
+_UNITS = {
+    150456: 262688,  # SpO2: %
+    149530: 264864,  # pulse rate (oximeter): /min
+    150488: 262688,  # perfusion index: %
+    149546: 264864,  # pulse rate (NIBP): /min
+    150021: 266016,  # NIBP systolic: mmHg
+    150022: 266016,  # NIBP diastolic: mmHg
+    150023: 266016,  # NIBP mean: mmHg
+    147842: 264864,  # heart rate (ECG): /min
+    151562: 264928,  # respiration rate: /min
+    151570: 264928,  # airway respiration rate: /min
+    151728: 266016,  # EtCO2: mmHg
+}
+
 _PUMP_STATES = {
-    "stopped": schema.PUMP_STOPPED,
-    "infusing": schema.PUMP_INFUSING,
-    "paused": schema.PUMP_PAUSED,
-    "alarm": schema.PUMP_ALARM,
+    "stopped": _PUMP_STOPPED,
+    "infusing": _PUMP_INFUSING,
+    "paused": _PUMP_PAUSED,
+    "alarm": _PUMP_ALARM,
 }
 
 _BOOT_GRACE_MS = const(5000)
@@ -57,14 +137,20 @@ def _beyond(value, lo, hi):
     return hi is not None and scaled > hi * unit
 
 
+def death_message(signer, node_id, boot):
+    """The Last Will, seq 0 of this boot, signed in advance: the broker publishes it when the
+    node vanishes (firmware/boot.py gives it to the MQTT client)."""
+    return cose.encode(cbor.dumps(envelope(_DEATH, node_id, boot, 0, 0)), signer, node_id.encode())
+
+
 class Node:
     def __init__(self, cfg, boot, now, uarts, pump, oximeter=None, monitor=None, board="unix",
-                 clock=None, log=None, signer=None, gateway_verifier=None):
-        self.cfg = cfg
+                 clock=None, log=None, signer=None, gateway_verifier=None, death=None):
+        # Plain values only, never ``cfg`` itself: the configuration module is unloaded
+        # after boot (firmware/boot.py), and a Config instance would keep it alive.
         self.node_id = cfg.node_id
         self.kid = cfg.node_id.encode()
         self.boot = boot
-        self.board = board
         self.clock = clock  # ticks_ms-like callable, for latency figures only (None in tests)
         self.log = log  # console line writer (firmware/log.py on a board), or None
         self.wake = None  # an asyncio.Event the runner waits on for new outbox packets
@@ -79,6 +165,13 @@ class Node:
             self.devices["oximeter"] = oximeter
         if monitor is not None:
             self.devices["monitor"] = monitor
+        # What the birth message says of this node: drivers by role, board name
+        self._birth = ([[role, cfg.wiring[role]["driver"]] for role in self.devices], board)
+        self.limits = cfg.local_limits  # MDC code -> (lo, hi), integers in the code's unit
+        self._limit_names = cfg.limit_names  # MDC code -> provisioning name ("spo2")
+        from protocol import topics  # only here: the uplink topics are made once
+
+        self._topics = [topics.uplink(self.node_id, k) for k in KINDS]
         n = cfg.node
         self.telemetry_ms = n["telemetry_ms"]
         self.permit = Permit(n["permit_max_ms"])
@@ -100,9 +193,8 @@ class Node:
         self._offline_reported = {}
         self.stop_latency_ms = []  # recent stop-arrival -> STP-frame-written figures
         self._vtbi = 0
-        self.commands_ok = 0
         self._last_dropped = 0
-        self.death = self._sign(schema.envelope(schema.DEATH, self.node_id, boot, 0, 0))
+        self.death = death or death_message(self.signer, self.node_id, boot)
 
     # --- message plumbing ----------------------------------------------------------------
 
@@ -115,7 +207,7 @@ class Node:
         seq = self._seq
         self._seq += 1
         self.sentlog.record(seq, now)
-        return schema.envelope(mtype, self.node_id, self.boot, seq, self._uptime_at(now))
+        return envelope(mtype, self.node_id, self.boot, seq, self._uptime_at(now))
 
     def _sign(self, msg):
         return cose.encode(cbor.dumps(msg), self.signer, self.kid)
@@ -128,29 +220,26 @@ class Node:
     def event(self, kind, severity, now, detail="", data=None):
         if self.log is not None:
             self.log("EVENT %s %s" % (kind, detail))
-        msg = self._envelope(schema.EVENT, now)
-        msg[schema.E_KIND] = kind
-        msg[schema.E_SEVERITY] = severity
+        msg = self._envelope(_EVENT, now)
+        msg[_E_KIND] = kind
+        msg[_E_SEVERITY] = severity
         if detail:
-            msg[schema.E_DETAIL] = detail[:128]
+            msg[_E_DETAIL] = detail[:128]
         if data:
-            msg[schema.E_DATA] = data
+            msg[_E_DATA] = data
         self._queue(_K_EVENT, msg, True)
 
     def birth(self, now):
         """Queued on every (re)connect (runner's on_connect)."""
-        msg = self._envelope(schema.BIRTH, now)
-        drivers = []
-        for role in self.devices:
-            drivers.append([role, self.cfg.wiring[role]["driver"]])
-        msg[schema.B_FIRMWARE] = FIRMWARE_VERSION
-        msg[schema.B_DRIVERS] = drivers
+        msg = self._envelope(_BIRTH, now)
+        msg[_B_FIRMWARE] = FIRMWARE_VERSION
+        msg[_B_DRIVERS] = self._birth[0]
         caps = ["permit", "saf-watchdog", "store-and-forward"]
-        if self.cfg.local_limits:
+        if self.limits:
             caps.append("local-interlock")
-        msg[schema.B_CAPS] = caps
-        msg[schema.B_BOARD] = self.board
-        msg[schema.B_PERMIT_MAX] = self.permit.max_lifetime_ms
+        msg[_B_CAPS] = caps
+        msg[_B_BOARD] = self._birth[1]
+        msg[_B_PERMIT_MAX] = self.permit.max_lifetime_ms
         self._queue(_K_BIRTH, msg, True)
 
     # --- the periodic step -----------------------------------------------------------------
@@ -195,9 +284,9 @@ class Node:
             self._stop_pump(now)
             if not self._lapse_reported:
                 self._lapse_reported = True
-                self.event("permit_lapsed", schema.SEV_ALARM, now,
+                self.event("permit_lapsed", _SEV_ALARM, now,
                            "no valid run permit: pump stopped")
-        if self.cfg.local_limits and (self.running or self._pump_infusing()):
+        if self.limits and (self.running or self._pump_infusing()):
             breach = self._local_breach(now)
             if breach is not None:
                 self._stop_pump(now)
@@ -205,8 +294,8 @@ class Node:
                 if not self.local_trip:
                     self.local_trip = True
                     code, value = breach
-                    self.event("local_interlock", schema.SEV_ALARM, now,
-                               "node hard limit: %s" % mdc.NAMES.get(code, code),
+                    self.event("local_interlock", _SEV_ALARM, now,
+                               "node hard limit: %s" % self._limit_names.get(code, code),
                                {1: code, 2: value[0], 3: value[1]})
         if ticks_diff(now, self._boot_tick) < _BOOT_GRACE_MS:
             return  # devices answer their first request within a few seconds of boot
@@ -215,17 +304,17 @@ class Node:
             was = self._offline_reported.get(role)
             if not online and was is not True:
                 self._offline_reported[role] = True
-                self.event("device_offline", schema.SEV_WARNING, now, role)
+                self.event("device_offline", _SEV_WARNING, now, role)
             elif online and was is True:
                 self._offline_reported[role] = False
-                self.event("device_online", schema.SEV_INFO, now, role)
+                self.event("device_online", _SEV_INFO, now, role)
 
     def _local_breach(self, now):
         vitals = self._vitals(now)
-        for code in self.cfg.local_limits:
+        for code in self.limits:
             v = vitals.get(code)
             if v is not None:
-                lo, hi = self.cfg.local_limits[code]
+                lo, hi = self.limits[code]
                 if _beyond((v[0], v[1]), lo, hi):
                     return code, (v[0], v[1])
         return None
@@ -237,50 +326,50 @@ class Node:
                 continue
             vals = drv.values(now)
             for code in vals:
-                if code in mdc.UNITS:
+                if code in _UNITS:
                     out[code] = vals[code]
         return out
 
     def _telemetry(self, now):
-        msg = self._envelope(schema.TELEMETRY, now)
-        up = msg[schema.K_T]
+        msg = self._envelope(_TELEMETRY, now)
+        up = msg[_K_T]
         vitals = {}
         v = self._vitals(now)
         for code in v:
             mant, exp, tick = v[code]
-            vitals[code] = [mant, exp, mdc.UNITS[code], max(0, up - ticks_diff(now, tick))]
-        msg[schema.T_VITALS] = vitals
+            vitals[code] = [mant, exp, _UNITS[code], max(0, up - ticks_diff(now, tick))]
+        msg[_T_VITALS] = vitals
         p = self.pump
-        pump = {schema.P_PROGRAM: self.program_id}  # type: dict
+        pump = {_P_PROGRAM: self.program_id}  # type: dict
 
         if p.online(now):
-            pump[schema.P_STATE] = _PUMP_STATES.get(p.state, schema.PUMP_UNKNOWN)
-            pump[schema.P_T] = max(0, up - ticks_diff(now, p.last_reply_ms))
+            pump[_P_STATE] = _PUMP_STATES.get(p.state, _PUMP_UNKNOWN)
+            pump[_P_T] = max(0, up - ticks_diff(now, p.last_reply_ms))
             if p.rate_ul_h is not None:
-                pump[schema.P_RATE] = p.rate_ul_h
+                pump[_P_RATE] = p.rate_ul_h
             if p.infused_ul is not None:
-                pump[schema.P_INFUSED] = p.infused_ul
-            pump[schema.P_ALARMS] = [p.alarm] if p.alarm else []
+                pump[_P_INFUSED] = p.infused_ul
+            pump[_P_ALARMS] = [p.alarm] if p.alarm else []
         else:
-            pump[schema.P_STATE] = schema.PUMP_UNKNOWN
-            pump[schema.P_T] = up
+            pump[_P_STATE] = _PUMP_UNKNOWN
+            pump[_P_T] = up
         if self._vtbi:
-            pump[schema.P_VTBI] = self._vtbi
-        msg[schema.T_PUMP] = pump
+            pump[_P_VTBI] = self._vtbi
+        msg[_T_PUMP] = pump
         serial_bad = 0
         for role in self.devices:
             serial_bad += self.devices[role].frames_bad
-        msg[schema.T_NODE] = {
-            schema.N_PERMIT_MS: self.permit.remaining(now),
-            schema.N_LOCAL_TRIP: self.local_trip,
-            schema.N_BUFFERED: len(self.outbox),
-            schema.N_DROPPED: self.outbox.dropped,
-            schema.N_SERIAL_BAD: serial_bad,
+        msg[_T_NODE] = {
+            _N_PERMIT_MS: self.permit.remaining(now),
+            _N_LOCAL_TRIP: self.local_trip,
+            _N_BUFFERED: len(self.outbox),
+            _N_DROPPED: self.outbox.dropped,
+            _N_SERIAL_BAD: serial_bad,
         }
         self._queue(_K_TELEMETRY, msg, False)
         if self.outbox.dropped != self._last_dropped:
             self._last_dropped = self.outbox.dropped
-            self.event("buffer_overflow", schema.SEV_WARNING, now,
+            self.event("buffer_overflow", _SEV_WARNING, now,
                        "telemetry dropped while offline", {1: self.outbox.dropped})
 
     # --- commands --------------------------------------------------------------------------
@@ -293,31 +382,29 @@ class Node:
             if e.epoch is not None:
                 if e.reason == "cmd.duplicate":
                     return None  # already executed and acked; QoS 1 redelivery
-                self._ack(e.epoch, e.seq, schema.ACK_REJECTED, e.reason, now)
+                self._ack(e.epoch, e.seq, _ACK_REJECTED, e.reason, now)
             else:
                 # No trustworthy (epoch, seq) to answer: report it as an event instead.
-                self.event("command_rejected", schema.SEV_WARNING, now, e.reason)
-            return schema.ACK_REJECTED
-        reason = self._execute(cmd, ref_tick, now)
-        result = schema.ACK_OK if reason is None else schema.ACK_REJECTED
-        if self.log is not None and cmd.kind != schema.CMD_PERMIT:
-            self.log("CMD %s %s" % (schema.CMD_NAMES.get(cmd.kind, cmd.kind), reason or "ok"))
-        if result == schema.ACK_OK:
-            self.commands_ok += 1
-        self._ack(cmd.epoch, cmd.seq, result, reason or "", now)
+                self.event("command_rejected", _SEV_WARNING, now, e.reason)
+            return _ACK_REJECTED
+        kind = cmd[_C_KIND]
+        reason = self._execute(kind, cmd[_C_ARGS], ref_tick, now)
+        result = _ACK_OK if reason is None else _ACK_REJECTED
+        if self.log is not None and kind != _CMD_PERMIT:
+            self.log("CMD %s %s" % (_CMD_NAMES[kind], reason or "ok"))
+        self._ack(cmd[_K_BOOT], cmd[_K_SEQ], result, reason or "", now)
         return result
 
     def _ack(self, epoch, seq, result, reason, now):
-        msg = self._envelope(schema.ACK, now)
-        msg[schema.K_CMD] = [epoch, seq]
-        msg[schema.K_RESULT] = result
+        msg = self._envelope(_ACK, now)
+        msg[_K_CMD] = [epoch, seq]
+        msg[_K_RESULT] = result
         if reason:
-            msg[schema.K_REASON] = reason[:64]
+            msg[_K_REASON] = reason[:64]
         self._queue(_K_ACK, msg, True)
 
-    def _execute(self, cmd, ref_tick, now):
-        a = cmd.args
-        if cmd.kind == schema.CMD_STOP:
+    def _execute(self, kind, a, ref_tick, now):
+        if kind == _CMD_STOP:
             self._stop_pump(now)
             self.permit.revoke()
             if self.clock is not None:
@@ -328,12 +415,12 @@ class Node:
                     self.log("STOP written %d ms after the command arrived"
                              % self.stop_latency_ms[-1])
             return None
-        if cmd.kind == schema.CMD_PERMIT:
-            return self.permit.grant(a[schema.A_PROGRAM_ID], ref_tick, a[schema.A_LIFETIME], now)
-        if cmd.kind == schema.CMD_PROGRAM:
+        if kind == _CMD_PERMIT:
+            return self.permit.grant(a[_A_PROGRAM_ID], ref_tick, a[_A_LIFETIME], now)
+        if kind == _CMD_PROGRAM:
             return self._program(a, now)
-        if cmd.kind == schema.CMD_START:
-            pid = a[schema.A_PROGRAM_ID]
+        if kind == _CMD_START:
+            pid = a[_A_PROGRAM_ID]
             if pid != self.program_id or pid == 0:
                 return "cmd.no_program"
             if not self.permit.valid_for(pid, now):
@@ -346,8 +433,8 @@ class Node:
             self.pump.run()
             self.running = True
             return None
-        if cmd.kind == schema.CMD_CONFIG:
-            period = a.get(schema.A_PERIOD)
+        if kind == _CMD_CONFIG:
+            period = a.get(_A_PERIOD)
             if period is not None:
                 if not 200 <= period <= 60000:
                     return "cmd.bad_period"
@@ -356,32 +443,32 @@ class Node:
         return "cmd.unknown"
 
     def _program(self, a, now):
-        pid = a[schema.A_PROGRAM_ID]
+        pid = a[_A_PROGRAM_ID]
         p = self.pump
         if self.running or self._pump_infusing():
             if pid != self.program_id:
                 return "cmd.busy"  # a new program only on a stopped pump
             # Rate change within the running program (the gateway checked the limits).
-            if p.set_rate(a[schema.A_RATE]) is None:
+            if p.set_rate(a[_A_RATE]) is None:
                 return "pump.queue_full"
-            self._vtbi = a[schema.A_VTBI]
+            self._vtbi = a[_A_VTBI]
             return None
         if p.pending() > 2:
             return "pump.busy"
         try:
-            ok = (p.set_diameter(a[schema.A_DIAMETER]) and p.set_direction_infuse()
-                  and p.set_rate(a[schema.A_RATE]) is not None
-                  and p.set_volume(a[schema.A_VTBI]) is not None and p.clear_volumes())
+            ok = (p.set_diameter(a[_A_DIAMETER]) and p.set_direction_infuse()
+                  and p.set_rate(a[_A_RATE]) is not None
+                  and p.set_volume(a[_A_VTBI]) is not None and p.clear_volumes())
         except ValueError:
             return "pump.bad_value"
         if not ok:
             return "pump.queue_full"
         self.program_id = pid
-        self._vtbi = a[schema.A_VTBI]
+        self._vtbi = a[_A_VTBI]
         self.permit.revoke()  # a permit belongs to a program
         return None
 
     # --- uplink ------------------------------------------------------------------------------
 
     def topic_of(self, kind_index):
-        return topics.uplink(self.node_id, KINDS[kind_index])
+        return self._topics[kind_index]

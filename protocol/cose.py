@@ -48,18 +48,12 @@ class Sign1:
         self.unprotected = unprotected
         self.payload = payload
         self.signature = signature
+        self.alg = self.header(H_ALG)
+        self.kid = self.header(H_KID)
 
     def header(self, label):
         v = self.protected.get(label)
         return self.unprotected.get(label) if v is None else v
-
-    @property
-    def alg(self):
-        return self.header(H_ALG)
-
-    @property
-    def kid(self):
-        return self.header(H_KID)
 
 
 def sig_structure(protected_bytes, payload, external_aad=b""):

@@ -33,6 +33,11 @@ tests/vectors/ed25519_edge.json, which records OpenSSL's answer for each such ca
 Not constant-time: big-int arithmetic and table indexing leak timing on any Python. The
 signing key never leaves the node and the packets are public, but a co-resident attacker
 timing many signatures is out of scope for this implementation.
+
+Key setup (point decoding, the subgroup check, building comb tables, the variable-base
+multiplication) lives in protocol/_ed25519_setup.py, imported when first needed. A node
+needs it only at boot and unloads it afterwards: signing and verifying with a precomputed
+table need nothing from it (docs/firmware.md, "Footprint").
 """
 
 from protocol._const import const
@@ -101,12 +106,6 @@ def _inv(z):
     return _sqn(t, 5) * z11 % _P
 
 
-def _pow22523(z):
-    """z^((p-5)/8) = z^(2^252 - 3), the exponent of the RFC 8032 §5.1.3 square root."""
-    t, _ = _pow2_250_1(z)
-    return _sqn(t, 2) * z % _P
-
-
 def _dbln(pt, n):
     """[2^n]pt, n >= 1 (dbl-2008-hwcd, a = -1). T is only needed after the last doubling."""
     p = _P
@@ -147,14 +146,6 @@ def _cached(pt):
     return ((y + x) % p, (y - x) % p, 2 * z % p, t * _D2 % p)
 
 
-def _neg(pt):
-    return (-pt[0] % _P, pt[1], pt[2], -pt[3] % _P)
-
-
-def _is_identity(pt):
-    return pt[0] % _P == 0 and (pt[1] - pt[2]) % _P == 0
-
-
 def _encode(pt):
     """RFC 8032 §5.1.2: y little-endian, the low bit of x in bit 255."""
     p = _P
@@ -162,128 +153,6 @@ def _encode(pt):
     x = pt[0] * zi % p
     y = pt[1] * zi % p
     return (y | ((x & 1) << 255)).to_bytes(32, "little")
-
-
-def _decode(s):
-    """RFC 8032 §5.1.3 strict decoding; returns an extended point, or None if invalid."""
-    p = _P
-    y = int.from_bytes(s, "little")
-    sign = y >> 255
-    y &= (1 << 255) - 1
-    if y >= p:  # step 1: non-canonical y
-        return None
-    yy = y * y % p
-    u = (yy - 1) % p
-    v = (_D * yy + 1) % p
-    v3 = v * v % p * v % p
-    # step 2: candidate root x = u v^3 (u v^7)^((p-5)/8)
-    x = u * v3 % p * _pow22523(u * v3 % p * v3 % p * v % p) % p
-    vxx = v * x % p * x % p
-    if vxx != u:  # step 3
-        if vxx != p - u:
-            return None  # no square root: not on the curve
-        x = x * _SQRTM1 % p
-    if x == 0 and sign:  # step 4: "negative zero"
-        return None
-    if x & 1 != sign:
-        x = p - x
-    return (x, y, 1, x * y % p)
-
-
-def _mul_var(k, pt):
-    """[k]pt for 0 <= k < 2^253: signed radix-16 digits in [-8, 8), 4 doublings a digit."""
-    tab = [_cached(pt)]
-    q = _dbln(pt, 1)
-    for i in range(7):
-        tab.append(_cached(q))
-        if i < 6:
-            q = _add(q, tab[0])
-    kb = k.to_bytes(32, "little")
-    digits = bytearray(64)  # digit + 8, so it fits a byte
-    carry = 0
-    for i in range(64):
-        v = ((kb[i >> 1] >> ((i & 1) << 2)) & 15) + carry
-        carry = (v + 8) >> 4
-        digits[i] = v - (carry << 4) + 8
-    acc = _IDENTITY
-    started = False
-    for i in range(63, -1, -1):
-        if started:
-            acc = _dbln(acc, 4)
-        v = digits[i] - 8
-        if v > 0:
-            acc = _add(acc, tab[v - 1])
-            started = True
-        elif v < 0:
-            c = tab[-v - 1]
-            acc = _add(acc, (c[1], c[0], c[2], -c[3]))
-            started = True
-    return acc
-
-
-def _comb_table(pt):
-    """Signed-comb table for a point of order L (a bytearray of _COMBS * _ENTRIES points).
-
-    Entry (c, idx) is  P[c][TEETH-1] + sum over t < TEETH-1 of (+-1) P[c][t], the sign
-    of P[c][t] given by bit t of idx, where P[c][t] = [2^((c*TEETH + t)*SPACING)] pt. The
-    entries with the top tooth negative are negations of these, so they are not stored.
-    Entries are stored affine, so a lookup costs no multiplication for 2Z.
-
-    Built at boot, when the heap matters most: entries are generated in Gray-code order
-    (each one from the previous by +-2 P[c][t]) and normalized in batches of _BATCH with
-    one inversion each (Montgomery's trick), so only a few points are alive at once.
-    """
-    out = bytearray(_COMBS * _ENTRIES * _ENTRY_BYTES)
-    q = pt
-    for c in range(_COMBS):
-        twice = []  # cached 2 P[c][t] for t < TEETH-1
-        acc = _IDENTITY
-        for t in range(_TEETH):
-            if t < _TEETH - 1:
-                acc = _add(acc, _cached(_neg(q)))
-                twice.append(_cached(_dbln(q, 1)))
-            else:
-                e = _add(acc, _cached(q))  # entry 0: top tooth minus all the others
-            if c < _COMBS - 1 or t < _TEETH - 1:
-                q = _dbln(q, _SPACING)
-        acc = None  # type: ignore[assignment]  # free the accumulator early
-        batch = []
-        for i in range(_ENTRIES):
-            idx = i ^ (i >> 1)  # Gray code: one sign flips from entry to entry
-            if i:
-                t = 0
-                while not (i >> t) & 1:
-                    t += 1
-                d = twice[t]
-                if not (idx >> t) & 1:  # the sign of P[t] went + -> -: subtract 2 P[t]
-                    d = (d[1], d[0], d[2], -d[3])
-                e = _add(e, d)
-            batch.append((c * _ENTRIES + idx, e[0], e[1], e[2]))
-            if len(batch) == _BATCH:
-                _store_affine(out, batch)
-                batch = []
-    return out
-
-
-def _store_affine(out, batch):
-    """Write (slot, X, Y, Z) points as (y+x, y-x, 2dxy) with one inversion for the batch."""
-    p = _P
-    prods = []
-    acc = 1
-    for item in batch:
-        acc = acc * item[3] % p
-        prods.append(acc)
-    inv = _inv(acc)
-    for n in range(len(batch) - 1, -1, -1):
-        slot, x, y, z = batch[n]
-        zi = inv * prods[n - 1] % p if n else inv
-        inv = inv * z % p
-        x = x * zi % p
-        y = y * zi % p
-        off = slot * _ENTRY_BYTES
-        out[off : off + 32] = ((y + x) % p).to_bytes(32, "little")
-        out[off + 32 : off + 64] = ((y - x) % p).to_bytes(32, "little")
-        out[off + 64 : off + 96] = (x * y % p * _D2 % p).to_bytes(32, "little")
 
 
 def _comb_mul(jobs):
@@ -330,8 +199,21 @@ def _comb_mul(jobs):
 def _base_table():
     global _BTAB
     if _BTAB is None:
-        _BTAB = _comb_table((_BX, _BY, 1, _BX * _BY % _P))
+        from protocol import _ed25519_setup
+
+        _BTAB = _ed25519_setup._comb_table((_BX, _BY, 1, _BX * _BY % _P))
     return _BTAB
+
+
+def __getattr__(name):
+    # The key-setup helpers moved to protocol/_ed25519_setup.py (see the module docstring)
+    # stay reachable as ed25519._decode etc. for tests and benchmarks.
+    from protocol import _ed25519_setup
+
+    try:
+        return getattr(_ed25519_setup, name)
+    except AttributeError:
+        raise AttributeError(name)
 
 
 def _is_buf(x):
@@ -379,18 +261,20 @@ class VerifyingKey:
     """
 
     def __init__(self, public, precompute=True):
+        from protocol import _ed25519_setup as setup
+
         if not _is_buf(public) or len(public) != 32:
             raise ProtocolError("ed25519.bad_public_key", "public key must be 32 bytes")
-        a = _decode(public)
+        a = setup._decode(public)
         if a is None:
             raise ProtocolError("ed25519.bad_public_key", "not a valid point encoding")
         self.public = bytes(public)
-        self._neg = _neg(a)
+        self._neg = setup._neg(a)
         self._table = None
         _base_table()
         # The comb computes [k mod L](-A); that equals [k](-A) only if L*A = 0.
-        if precompute and _is_identity(_mul_var(_L, a)):
-            self._table = _comb_table(self._neg)
+        if precompute and setup._is_identity(setup._mul_var(_L, a)):
+            self._table = setup._comb_table(self._neg)
 
     def verify(self, msg, sig):
         """True iff sig is a valid signature of msg under this key; never raises on bad data."""
@@ -408,6 +292,8 @@ def _verify(pk, neg_a, table, msg, sig):
     if table is not None:
         q = _comb_mul(((_base_table(), s), (table, k)))
     else:
+        from protocol._ed25519_setup import _mul_var
+
         q = _add(_mul_var(k, neg_a), _cached(_comb_mul(((_base_table(), s),))))
     # cofactorless [S]B - [k]A == R, compared as canonical encodings (see module docstring)
     return _encode(q) == rb
@@ -431,6 +317,8 @@ def verify(public, msg, sig):
         return False
     if int.from_bytes(sig[32:], "little") >= _L:  # cheap rejection before decoding A
         return False
+    from protocol._ed25519_setup import _decode, _neg
+
     a = _decode(public)
     if a is None:
         return False

@@ -16,10 +16,17 @@ Envelope (all messages)::
 Numbers are integers only (the CBOR subset has no floats): measured values travel as a
 decimal mantissa and exponent, volumes in microlitres, rates in microlitres per hour.
 Unknown keys are rejected (``schema.unknown_key``): a new field means a new topic version.
+
+Commands are checked by protocol/envelope.py, the part of the schema a node runs (the
+command tables are there, and ``TYPE_NAMES`` and ``envelope``); this module adds the
+types the gateway receives.
 """
 
 from protocol import mdc
 from protocol._const import const
+from protocol.envelope import TYPE_NAMES as TYPE_NAMES  # re-exported
+from protocol.envelope import envelope as envelope  # re-exported
+from protocol.envelope import validate_command
 from protocol.errors import SchemaError
 
 # Message types (envelope key 0)
@@ -29,9 +36,6 @@ EVENT = const(3)
 COMMAND = const(4)
 ACK = const(5)
 DEATH = const(6)
-
-TYPE_NAMES = {BIRTH: "birth", TELEMETRY: "telemetry", EVENT: "event", COMMAND: "command",
-              ACK: "ack", DEATH: "death"}
 
 # Envelope keys
 K_TYPE = const(0)
@@ -246,26 +250,6 @@ _NODE = _struct(
      N_SERIAL_BAD: _u32},
     (N_PERMIT_MS,),
 )
-_ARGS = {
-    CMD_PROGRAM: _struct(
-        {A_PROGRAM_ID: _u32, A_RATE: _u32, A_VTBI: _u32, A_DIAMETER: _u32, A_DRUG: _text(32)},
-        (A_PROGRAM_ID, A_RATE, A_VTBI, A_DIAMETER),
-    ),
-    CMD_START: _struct({A_PROGRAM_ID: _u32}, (A_PROGRAM_ID,)),
-    CMD_STOP: _struct({A_REASON: _text(64)}, ()),
-    CMD_PERMIT: _struct({A_LIFETIME: _u32, A_PROGRAM_ID: _u32}, (A_LIFETIME, A_PROGRAM_ID)),
-    CMD_CONFIG: _struct({A_WALLTIME: _uint, A_PERIOD: _u32}, ()),
-}
-
-
-def _cmd_args(msg, where):
-    check = _ARGS.get(msg.get(C_KIND))
-    if check is None:
-        raise SchemaError("schema.bad_command", where + ": unknown command kind %r"
-                          % (msg.get(C_KIND),))
-    check(msg[C_ARGS], where + ".args")
-
-
 _BODIES = {
     BIRTH: ({B_FIRMWARE: _text(32), B_DRIVERS: _list(_pair(_text(16), _text(24)), 8),
              B_CAPS: _list(_text(24), 16), B_BOARD: _text(32), B_PERMIT_MAX: _u32},
@@ -274,8 +258,6 @@ _BODIES = {
     EVENT: ({E_KIND: _text(32), E_SEVERITY: lambda v, w: _uint(v, w, SEV_ALARM),
              E_DETAIL: _text(128), E_DATA: _data},
             (E_KIND, E_SEVERITY)),
-    COMMAND: ({C_KIND: _u32, C_ARGS: lambda v, w: None, C_REF: _pair(_u32, _u32)},
-              (C_KIND, C_ARGS, C_REF)),
     ACK: ({K_CMD: _pair(_u32, _u32), K_RESULT: lambda v, w: _uint(v, w, ACK_FAILED),
            K_REASON: _text(64)},
           (K_CMD, K_RESULT)),
@@ -292,36 +274,32 @@ def validate(msg, expect_type=None):
     if not isinstance(msg, dict):
         _fail("schema.not_a_map", "payload must be a CBOR map")
     mtype = msg.get(K_TYPE)
-    body = _BODIES.get(mtype) if isinstance(mtype, int) and not isinstance(mtype, bool) else None
-    if body is None:
+    name = TYPE_NAMES.get(mtype) if isinstance(mtype, int) and not isinstance(mtype, bool) else None
+    if name is None:
         raise SchemaError("schema.bad_type", "message type %r" % (mtype,))
     if expect_type is not None and mtype != expect_type:
         _fail("schema.type_mismatch", "%s message where %s expected"
-              % (TYPE_NAMES[mtype], TYPE_NAMES.get(expect_type, expect_type)))
-    fields, required = body
+              % (name, TYPE_NAMES.get(expect_type, expect_type)))
+    if mtype == COMMAND:
+        return validate_command(msg)
+    fields, required = _BODIES[mtype]
     for k in _REQUIRED:
         if k not in msg:
             _fail("schema.missing_key", "envelope key %d is required" % k)
     for k in required:
         if k not in msg:
-            _fail("schema.missing_key", TYPE_NAMES[mtype] + ": key %d is required" % k)
+            _fail("schema.missing_key", name + ": key %d is required" % k)
     for k in msg:
         f = _ENVELOPE.get(k) if isinstance(k, int) and not isinstance(k, bool) else None
         if f is None:
             f = fields.get(k) if isinstance(k, int) and not isinstance(k, bool) else None
         if f is None:
-            raise SchemaError("schema.unknown_key", TYPE_NAMES[mtype] + ": key %r" % (k,))
-        f(msg[k], TYPE_NAMES[mtype] + "." + str(k))
-    if mtype == COMMAND:
-        _cmd_args(msg, "command")
+            raise SchemaError("schema.unknown_key", name + ": key %r" % (k,))
+        f(msg[k], name + "." + str(k))
     return msg
 
 
 # --- builders (the node's side) ------------------------------------------------------
-
-def envelope(mtype, dev, boot, seq, t):
-    return {K_TYPE: mtype, K_DEV: dev, K_BOOT: boot, K_SEQ: seq, K_T: t}
-
 
 def vital(mantissa, exponent, unit, t):
     return [mantissa, exponent, unit, t]

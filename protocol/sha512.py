@@ -74,22 +74,31 @@ _IV = (
 )
 
 
+_W = [0] * 16  # the message schedule ring, reused by every _compress (see there)
+
+
 def _compress(h, buf, off):
     """Process one 128-byte block at ``buf[off:]`` into the 8-word state list ``h``.
 
     FIPS 180-4 §6.4.2. The message schedule lives in a 16-word ring instead of 80 words,
     and the three rotations of each Σ/σ are shifts of one 128-bit doubled word under a
     single mask, because on MicroPython every operation on a 64-bit value allocates a big
-    int: fewer operations, less garbage.
+    int: fewer operations, less garbage. Words are unpacked eight at a time into a ring
+    allocated once: a node signing every second in a small heap then never needs more than
+    a few contiguous blocks for hashing (docs/firmware.md, "Footprint"). Not re-entrant,
+    and it need not be: it never yields.
     """
     m = _M64
-    w = list(struct.unpack_from(">16Q", buf, off))
+    w = _W
+    w[0:8] = struct.unpack_from(">8Q", buf, off)
+    w[8:16] = struct.unpack_from(">8Q", buf, off + 64)
     a, b, c, d, e, f, g, hh = h
     for r in range(5):
-        # 16 round constants at a time: on MicroPython each is a heap int, and holding all
-        # 80 would add ~3 KB to the peak heap of every hash.
-        k = struct.unpack_from(">16Q", _K, r << 7)
         for i in range(16):
+            if not i & 7:
+                # 8 round constants at a time: on MicroPython each is a heap int, and
+                # holding all 80 would add ~3 KB to the peak heap of every hash.
+                k = struct.unpack_from(">8Q", _K, (r << 7) + (i << 3))
             if r:  # W[t] for t >= 16, kept in the ring slot i = t mod 16
                 x = w[(i + 1) & 15]  # W[t-15]
                 y = w[(i + 14) & 15]  # W[t-2]
@@ -104,7 +113,7 @@ def _compress(h, buf, off):
                 ) & m
             # Σ1 = ROTR14 ^ ROTR18 ^ ROTR41; Ch(e,f,g) = g ^ (e & (f ^ g))
             x = e | (e << 64)
-            t1 = hh + (((x >> 14) ^ (x >> 18) ^ (x >> 41)) & m) + (g ^ (e & (f ^ g))) + k[i] + w[i]
+            t1 = hh + (((x >> 14) ^ (x >> 18) ^ (x >> 41)) & m) + (g ^ (e & (f ^ g))) + k[i & 7] + w[i]
             # Σ0 = ROTR28 ^ ROTR34 ^ ROTR39; Maj(a,b,c) = (a & b) | (c & (a | b))
             x = a | (a << 64)
             t2 = (((x >> 28) ^ (x >> 34) ^ (x >> 39)) & m) + ((a & b) | (c & (a | b)))

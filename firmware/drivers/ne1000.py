@@ -27,6 +27,8 @@ One command is in flight at a time (the manual: "wait for the response from each
 before sending the next"); a reply timeout re-sends it up to ``retries`` times. ``stop()``
 empties the queue but for a SAF setting (a queued RUN must never run after a stop),
 abandons whatever is in flight, and is re-sent until a reply shows the pump not running.
+
+Written for a small heap (docs/firmware.md, "Footprint"): few functions, tables as strings.
 """
 
 try:
@@ -39,7 +41,6 @@ except ImportError:  # CPython
 
 from ._frame import RxBuffer
 from ._ticks import ticks_diff
-from .crc16 import crc16_xmodem
 
 _STX = const(0x02)
 _ETX = const(0x03)
@@ -48,30 +49,43 @@ _INTERBYTE_MS = const(500)  # manual: a packet with a 0.5 s gap between bytes is
 _QMAX = const(8)
 _ALARM_RETRIES = const(2)
 
-# prompt letter -> state name (manual §10.2.4 "<prompt>")
-STATES = {
-    ord("I"): "infusing",
-    ord("W"): "withdrawing",
-    ord("S"): "stopped",
-    ord("P"): "paused",
-    ord("T"): "pause_phase",
-    ord("U"): "user_wait",
-    ord("X"): "purging",
-}
-_RUNNING = b"IWX"
-
-# alarm letter -> meaning (manual §10.2.4 "<alarm type>")
-ALARMS = {
-    "R": "reset",  # pump was reset (power was interrupted)
-    "S": "stalled",  # pump motor stalled (occlusion, end of travel)
-    "T": "comms_timeout",  # safe mode communications time out
-    "E": "program_error",
-    "O": "phase_out_of_range",
-}
+# prompt letter (manual §10.2.4 "<prompt>") -> state name, by position
+_PROMPTS = "IWSPTUX"
+_STATE_NAMES = (
+    "infusing",
+    "withdrawing",
+    "stopped",
+    "paused",
+    "pause_phase",
+    "user_wait",
+    "purging",
+)
+_RUNNING = "IWX"
+# alarm letters (manual §10.2.4 "<alarm type>"): R reset (power was interrupted), S motor
+# stalled (occlusion, end of travel), T safe mode communications time out, E program error,
+# O phase out of range
+_ALARMS = "RSTEO"
 
 # MDC codes reported by values() (clinical.md): pump flow rate, volume delivered total.
 MDC_FLOW_FLUID_PUMP = const(157784)
 MDC_VOL_DELIVERED_TOTAL = const(157993)
+
+# CRC-16/XMODEM nibble table (16 entries rather than 256 keeps RAM small).
+_NIBBLE = (
+    0x0000, 0x1021, 0x2042, 0x3063, 0x4084, 0x50A5, 0x60C6, 0x70E7,
+    0x8108, 0x9129, 0xA14A, 0xB16B, 0xC18C, 0xD1AD, 0xE1CE, 0xF1EF,
+)  # fmt: skip
+
+
+def crc16_xmodem(data, crc=0):
+    """CRC-16/XMODEM (poly 0x1021, init 0, no reflection, no final XOR) of ``data``,
+    continuing from ``crc``: the manual's "16 bit CCITT CRC", sent high byte first
+    (§10.2.3; its example ``SAF0`` -> 0x5543 is the check value the tests pin)."""
+    t = _NIBBLE
+    for b in data:
+        crc = ((crc << 4) & 0xFFFF) ^ t[((crc >> 12) ^ (b >> 4)) & 0x0F]
+        crc = ((crc << 4) & 0xFFFF) ^ t[((crc >> 12) ^ b) & 0x0F]
+    return crc
 
 
 def frame(cmd):
@@ -80,14 +94,7 @@ def frame(cmd):
     if n > 250:
         raise ValueError("command too long")
     crc = crc16_xmodem(cmd)
-    out = bytearray(n + 5)
-    out[0] = _STX
-    out[1] = n + 4
-    out[2 : 2 + n] = cmd
-    out[n + 2] = crc >> 8
-    out[n + 3] = crc & 0xFF
-    out[n + 4] = _ETX
-    return bytes(out)
+    return bytes((_STX, n + 4)) + cmd + bytes((crc >> 8, crc & 0xFF, _ETX))
 
 
 def format_number(mant, exp):
@@ -106,30 +113,27 @@ def format_number(mant, exp):
         scale = 10**f
         ip = str(m // scale)
         if len(ip) + f <= 4:
-            if f == 0:
-                return ip.encode(), m * unit
-            fp = str(m % scale)
-            return (ip + "." + "0" * (f - len(fp)) + fp).encode(), m * unit
+            if f:
+                fp = str(m % scale)
+                ip += "." + "0" * (f - len(fp)) + fp
+            return ip.encode(), m * unit
         f -= 1
     raise ValueError("number has more than 4 digits")
 
 
 def parse_number(text, exp):
     """Parse a pump ``<float>`` into an integer in 10**-exp units (half up); None if bad."""
-    ip = 0
-    fp = 0
-    fd = 0  # fraction digits kept
+    ip = fp = fd = digits = 0  # fd: fraction digits kept
     extra = -1  # first dropped fraction digit, for rounding
-    seen_point = False
-    digits = 0
+    point = False
     for c in text:
         if c == 0x2E:  # '.'
-            if seen_point:
+            if point:
                 return None
-            seen_point = True
+            point = True
         elif 0x30 <= c <= 0x39:
             digits += 1
-            if not seen_point:
+            if not point:
                 ip = ip * 10 + c - 0x30
             elif fd < exp:
                 fp = fp * 10 + c - 0x30
@@ -138,33 +142,45 @@ def parse_number(text, exp):
                 extra = c - 0x30
         else:
             return None
-    if digits == 0:
+    if not digits:
         return None
-    v = ip * 10**exp + fp * 10 ** (exp - fd)
-    if extra >= 5:
-        v += 1
-    return v
+    return ip * 10**exp + fp * 10 ** (exp - fd) + (1 if extra >= 5 else 0)
 
 
-# rate units -> uL/h per unit (manual: UM uL/min, MM mL/min, UH uL/h, MH mL/h)
-_RATE_UNITS = {b"UM": 60, b"MM": 60000, b"UH": 1, b"MH": 1000}
-_VOL_UNITS = {b"UL": 1, b"ML": 1000}
-
-
-def _scaled(text, per_unit):
-    """``text`` number times ``per_unit`` as an integer (rounded half up), None if bad."""
-    milli = parse_number(text, 3)
-    if milli is None:
+def _parse(data, dis):
+    """The numbers of a DIS reply, ``I<float>W<float><UL|ML>`` -> [infused, withdrawn] in
+    uL (read the same way by the Aladdin driver), or of a RAT reply, ``<float><UM|MM|UH|MH>``
+    (uL/min, mL/min, uL/h, mL/h) -> [rate] in uL/h; None if unreadable."""
+    u = data[-2:]
+    # 1000 per mL; 60 per minute
+    per = 1 if u[:1] == b"U" else 1000 if u[:1] == b"M" else 0
+    if dis:
+        w = data.find(b"W")
+        if data[:1] != b"I" or len(data) < 6 or w < 2 or u[1:] != b"L":
+            return None
+        parts = [data[1:w], data[w + 1 : -2]]
+    else:
+        per *= 60 if u[1:] == b"M" else 1 if u[1:] == b"H" else 0
+        if len(data) < 3:
+            return None
+        parts = [data[:-2]]
+    if not per:
         return None
-    return (milli * per_unit + 500) // 1000
+    out = []
+    for t in parts:
+        milli = parse_number(t, 3)
+        if milli is None:
+            return None
+        out.append((milli * per + 500) // 1000)
+    return out
 
 
 class Ne1000Pump:
     """One pump on one UART. See firmware/drivers/__init__.py for the common interface.
 
     Attributes (integers; ``*_ms`` are ticks of the last intact reply carrying the value):
-      state, state_ms     "infusing", "withdrawing", "stopped", "paused", ..., "alarm",
-                          or None before the first reply
+      state               "infusing", "withdrawing", "stopped", "paused", ..., "alarm",
+                          or None before the first reply (its tick is last_reply_ms)
       alarm, alarm_ms     latched alarm letter ("R", "S", "T", "E", "O") until clear_alarm()
       rate_ul_h, rate_ms  pumping rate the pump reports (RAT query)
       infused_ul, withdrawn_ul, volume_ms   volumes the pump reports (DIS query)
@@ -173,7 +189,7 @@ class Ne1000Pump:
       last_error, last_error_cmd   e.g. "?OOR"/b"RAT..." or "timeout", "alarm"
       last_reply_ms       tick of the last intact reply (any)
       frames_ok, frames_bad (CRC), frames_invalid (CRC ok, content not understood),
-      bytes_discarded, timeouts, commands_ok, commands_failed, alarms
+      bytes_discarded, timeouts, commands_ok, commands_failed, commands_dropped, alarms
     """
 
     def __init__(
@@ -188,14 +204,11 @@ class Ne1000Pump:
     ):
         if address is not None and not 0 <= address <= 99:
             raise ValueError("address must be 0..99")
-        if not 0 <= saf_s <= 255:
-            raise ValueError("saf_s must be 0..255")
-        if saf_s and poll_ms * 2 > saf_s * 1000:
-            raise ValueError("poll_ms must be at most half the safe-mode timeout")
+        self.poll_ms = poll_ms
+        self._check_saf(saf_s)
         self.address = address
         self._prefix = b"" if address is None else ("%02d" % address).encode()
         self.saf_s = saf_s
-        self.poll_ms = poll_ms
         self.reply_timeout_ms = reply_timeout_ms
         self.retries = retries
         self.offline_ms = offline_ms
@@ -203,42 +216,28 @@ class Ne1000Pump:
         self._rx_ms = 0
         self._queue = []
         self._inflight = None
-        self._sent_ms = 0
-        self._tries = 0
-        self._alarm_tries = 0
+        self._sent_ms = self._tries = self._alarm_tries = 0
         self._resend = False
-        self._last_poll_ms = 0
-        self._polled = False
+        self._last_poll_ms = None  # None: no status poll yet
         self._poll_rat = False
-        self._boot_bytes = ("\rSAF%d\r" % saf_s).encode() if bootstrap else None
-        self._boot = self._boot_bytes
+        # Basic-Mode "SAF n<CR>": bytes to send now (_boot_due) and again while silent
+        self._boot = ("\rSAF%d\r" % saf_s).encode() if bootstrap else None
+        self._boot_due = bootstrap
         self._boot_ms = 0
         self._ever = False
-        self.state = None
-        self.state_ms = 0
-        self.alarm = None
-        self.alarm_ms = 0
-        self.rate_ul_h = None
-        self.rate_ms = 0
-        self.infused_ul = None
-        self.withdrawn_ul = None
-        self.volume_ms = 0
+        self.state = self.alarm = self.rate_ul_h = self.infused_ul = self.withdrawn_ul = None
+        self.alarm_ms = self.rate_ms = self.volume_ms = self.stop_acked_ms = 0
         self.stop_pending = False
-        self.stop_acked_ms = 0
-        self.last_error = None
-        self.last_error_cmd = None
-        self.last_reply_ms = 0
-        self.frames_ok = 0
-        self.frames_bad = 0
-        self.frames_invalid = 0
-        self.bytes_discarded = 0
-        self.timeouts = 0
-        self.commands_ok = 0
-        self.commands_failed = 0
-        self.commands_dropped = 0
-        self.alarms = 0
+        self.last_error = self.last_error_cmd = None
+        self.last_reply_ms = self.frames_ok = self.frames_bad = self.frames_invalid = 0
+        self.bytes_discarded = self.timeouts = self.commands_ok = self.commands_failed = 0
+        self.commands_dropped = self.alarms = 0
         if saf_s:
             self._queue.append(("SAF%d" % saf_s).encode())
+
+    def _check_saf(self, saf_s):
+        if not 0 <= saf_s <= 255 or (saf_s and self.poll_ms * 2 > saf_s * 1000):
+            raise ValueError("saf_s must be 0..255 and at least twice poll_ms")
 
     # ---- commands -------------------------------------------------------------------
 
@@ -251,8 +250,7 @@ class Ne1000Pump:
 
     def set_diameter(self, mm_x100):
         """Syringe inside diameter in 0.01 mm (``DIA``). Resets the pump's volume units."""
-        text, _ = format_number(mm_x100, 2)
-        return self.queue(b"DIA" + text)
+        return self.queue(b"DIA" + format_number(mm_x100, 2)[0])
 
     def set_rate(self, ul_per_h):
         """Queue ``RAT <mL/h> MH``; returns the rate in uL/h the pump will really get.
@@ -262,9 +260,7 @@ class Ne1000Pump:
         ValueError at or beyond 10 L/h.
         """
         text, eff = format_number(ul_per_h, 3)
-        if not self.queue(b"RAT" + text + b"MH"):
-            return None
-        return eff
+        return eff if self.queue(b"RAT" + text + b"MH") else None
 
     def set_volume(self, ul):
         """Queue the volume to be infused (``VOL ML`` then ``VOL <mL>``); returns uL sent
@@ -291,11 +287,10 @@ class Ne1000Pump:
 
     def set_safe_timeout(self, saf_s):
         """Change the pump's comms watchdog (``SAF n``, seconds; 0 leaves Safe Mode)."""
-        if not 0 <= saf_s <= 255 or (saf_s and self.poll_ms * 2 > saf_s * 1000):
-            raise ValueError("saf_s must be 0..255 and at least twice poll_ms")
+        self._check_saf(saf_s)
         self.saf_s = saf_s
-        if self._boot_bytes is not None:
-            self._boot_bytes = ("\rSAF%d\r" % saf_s).encode()
+        if self._boot is not None:
+            self._boot = ("\rSAF%d\r" % saf_s).encode()
         return self.queue(("SAF%d" % saf_s).encode())
 
     def run(self):
@@ -304,9 +299,6 @@ class Ne1000Pump:
     def request_status(self):
         """Status-only query (a packet without a command, manual §10.4)."""
         return self.queue(b"")
-
-    def request_volumes(self):
-        return self.queue(b"DIS")
 
     def stop(self):
         """Stop now: drop queued commands, pre-empt any query, resend until confirmed.
@@ -332,41 +324,47 @@ class Ne1000Pump:
 
     def poll(self, now_ms):
         """Bytes to write now, or None."""
-        boot = self._boot_bytes
+        boot = self._boot
         if boot is not None and (
-            self._boot is not None
+            self._boot_due
             or (not self.online(now_ms) and ticks_diff(now_ms, self._boot_ms) >= self.offline_ms)
         ):
             # At start, and again while the pump stays silent: it may have been reset to
             # Basic Mode (SAF0 from its keypad or a replacement pump).
-            self._boot = None
+            self._boot_due = False
             self._boot_ms = now_ms
-            self._last_poll_ms = now_ms
+            if self._last_poll_ms is not None:
+                self._last_poll_ms = now_ms
             return boot
-        if self._inflight is not None:
+        cmd = self._inflight
+        tries = 0
+        if cmd is not None:
             if self._resend:  # reply asked for a resend (?COM, alarm acknowledged)
                 self._resend = False
                 self._sent_ms = now_ms
-                return frame(self._prefix + self._inflight)
+                return frame(self._prefix + cmd)
             if ticks_diff(now_ms, self._sent_ms) < self.reply_timeout_ms:
                 return None
             self.timeouts += 1
-            if self._inflight == b"STP" or self._tries < self.retries:
-                return self._send(self._inflight, now_ms, self._tries + 1)
-            self._fail("timeout")
-        if self.stop_pending:
-            return self._send(b"STP", now_ms, 0)
-        if self._queue:
-            return self._send(self._queue.pop(0), now_ms, 0)
-        if not self._polled or ticks_diff(now_ms, self._last_poll_ms) >= self.poll_ms:
-            self._polled = True
-            self._last_poll_ms = now_ms
-            self._poll_rat = not self._poll_rat
-            return self._send(b"DIS" if self._poll_rat else b"RAT", now_ms, 0)
-        return None
-
-    def _send(self, cmd, now_ms, tries):
-        if tries == 0:
+            tries = self._tries + 1
+            if cmd != b"STP" and self._tries >= self.retries:
+                self._fail("timeout")
+                cmd = None
+                tries = 0
+        if cmd is None:
+            if self.stop_pending:
+                cmd = b"STP"
+            elif self._queue:
+                cmd = self._queue.pop(0)
+            elif (
+                self._last_poll_ms is None or ticks_diff(now_ms, self._last_poll_ms) >= self.poll_ms
+            ):
+                self._last_poll_ms = now_ms
+                self._poll_rat = not self._poll_rat
+                cmd = b"DIS" if self._poll_rat else b"RAT"
+            else:
+                return None
+        if not tries:
             self._alarm_tries = 0
         self._resend = False
         self._inflight = cmd
@@ -384,7 +382,7 @@ class Ne1000Pump:
         with ``state`` for the flow actually delivered.
         """
         age = self.offline_ms if max_age_ms is None else max_age_ms
-        out: dict = {}
+        out = {}
         if self.rate_ul_h is not None and ticks_diff(now_ms, self.rate_ms) <= age:
             out[MDC_FLOW_FLUID_PUMP] = (self.rate_ul_h, -3, self.rate_ms)
         if self.infused_ul is not None and ticks_diff(now_ms, self.volume_ms) <= age:
@@ -403,181 +401,125 @@ class Ne1000Pump:
             self._rx_ms = now_ms
             if rx.n == 0 and b != _STX:
                 self.bytes_discarded += 1
-                continue
-            if not rx.append(b):  # cannot happen: frames are checked before they fill it
+            elif rx.append(b):
+                self._scan(now_ms)
+            else:  # cannot happen: frames are checked before they fill the buffer
                 self.bytes_discarded += rx.n
                 rx.clear()
-                continue
-            self._scan(now_ms)
 
     def _scan(self, now_ms):
         rx = self._rx
         buf = rx.buf
         while rx.n:
-            if buf[0] != _STX:
-                self._discard(1)
-                continue
-            if rx.n < 2:
-                return
-            length = buf[1]
-            if length < 7 or length + 1 > _MAX_FRAME:  # a reply has >= 3 data bytes
-                self._discard(1)
-                continue
-            # A reply starts with a 2-digit address: checking it early rejects a false
-            # STX (e.g. a Basic Mode reply STX "00S" ETX) without waiting for its "length".
-            if rx.n >= 3 and not 0x30 <= buf[2] <= 0x39:
-                self._discard(1)
-                continue
-            if rx.n >= 4 and not 0x30 <= buf[3] <= 0x39:
-                self._discard(1)
-                continue
-            total = length + 1
-            if rx.n < total:
-                return
-            if buf[total - 1] != _ETX:
-                self._discard(1)
-                continue
-            crc = (buf[total - 3] << 8) | buf[total - 2]
-            payload = bytes(rx.mv[2 : total - 3])
-            if crc16_xmodem(payload) != crc:
-                self.frames_bad += 1
-                self._discard(1)
-                continue
-            rx.drop(total)
-            self._reply(payload, now_ms)
+            n = rx.n
+            ok = buf[0] == _STX
+            if ok:
+                if n < 2:
+                    return
+                total = buf[1] + 1
+                # A reply has >= 3 data bytes and starts with a 2-digit address: checking
+                # the digits early rejects a false STX (e.g. a Basic Mode reply STX "00S"
+                # ETX) without waiting for its "length".
+                ok = (
+                    8 <= total <= _MAX_FRAME
+                    and (n < 3 or 0x30 <= buf[2] <= 0x39)
+                    and (n < 4 or 0x30 <= buf[3] <= 0x39)
+                )
+            if ok:
+                if n < total:
+                    return
+                if buf[total - 1] == _ETX:
+                    payload = bytes(rx.mv[2 : total - 3])
+                    if crc16_xmodem(payload) == (buf[total - 3] << 8) | buf[total - 2]:
+                        rx.drop(total)
+                        self._reply(payload, now_ms)
+                        continue
+                    self.frames_bad += 1
+            self._discard(1)
 
     def _discard(self, k):
-        self.bytes_discarded += k
-        self._rx.drop(k)
-        # drop up to the next STX so garbage is counted once and scanned once
+        # drop k bytes, then up to the next STX, so garbage is counted once and scanned once
         rx = self._rx
+        rx.drop(k)
         i = 0
         while i < rx.n and rx.buf[i] != _STX:
             i += 1
         if i:
-            self.bytes_discarded += i
             rx.drop(i)
+        self.bytes_discarded += k + i
 
     # ---- replies --------------------------------------------------------------------
 
     def _reply(self, p, now_ms):
         n = len(p)
-        if n < 3 or not (0x30 <= p[0] <= 0x39 and 0x30 <= p[1] <= 0x39):
+        s = chr(p[2]) if n >= 3 else ""
+        alarm = chr(p[4]) if s == "A" and n >= 5 and p[3] == 0x3F else ""
+        if (
+            not (n >= 3 and 0x30 <= p[0] <= 0x39 and 0x30 <= p[1] <= 0x39)
+            or (self.address is not None and (p[0] - 0x30) * 10 + p[1] - 0x30 != self.address)
+            or not (alarm in _ALARMS if s == "A" else s in _PROMPTS)
+            or (s == "A" and not alarm)
+        ):
             self.frames_invalid += 1
             return
-        if self.address is not None and (p[0] - 0x30) * 10 + p[1] - 0x30 != self.address:
-            self.frames_invalid += 1
-            return
-        s = p[2]
-        alarm = None
-        if s == 0x41:  # 'A'
-            if n < 5 or p[3] != 0x3F or chr(p[4]) not in ALARMS:
-                self.frames_invalid += 1
-                return
-            alarm = chr(p[4])
-            data = p[5:]
-        elif s in STATES:
-            data = p[3:]
-        else:
-            self.frames_invalid += 1
-            return
+        data = p[5:] if alarm else p[3:]
         cmd = self._inflight
         # Interpret the data before touching any state: a reply we cannot read changes
         # nothing (it is re-requested), so no value is ever taken from a damaged reply.
-        err = None
-        vols = rate = None
-        if data[:1] == b"?":
-            err = data
-        elif cmd is not None and alarm is None:
-            if cmd == b"DIS":
-                vols = self._parse_dis(data)
-                if vols is None:
-                    self.frames_invalid += 1
-                    return
-            elif cmd == b"RAT":
-                rate = self._parse_rat(data)
-                if rate is None:
-                    self.frames_invalid += 1
-                    return
+        err = data if data[:1] == b"?" else None
+        vals = None
+        if err is None and not alarm and (cmd == b"DIS" or cmd == b"RAT"):
+            vals = _parse(data, cmd == b"DIS")
+            if vals is None:
+                self.frames_invalid += 1
+                return
         self.frames_ok += 1
         self._ever = True
         self.last_reply_ms = now_ms
-        self.state_ms = now_ms
-        if alarm is not None:
+        if alarm:
             self.state = "alarm"
             self.alarm = alarm
             self.alarm_ms = now_ms
             self.alarms += 1
             self._queue = [c for c in self._queue if c != b"RUN"]  # never auto-restart
         else:
-            self.state = STATES[s]
-        if vols is not None:
-            self.infused_ul, self.withdrawn_ul = vols
-            self.volume_ms = now_ms
-        if rate is not None:
-            self.rate_ul_h = rate
-            self.rate_ms = now_ms
+            self.state = _STATE_NAMES[_PROMPTS.find(s)]
+        if vals is not None:
+            if cmd == b"DIS":
+                self.infused_ul, self.withdrawn_ul = vals
+                self.volume_ms = now_ms
+            else:
+                self.rate_ul_h = vals[0]
+                self.rate_ms = now_ms
         if cmd is None:
             return  # unsolicited (auto-alarm) or late reply to an abandoned query
         if cmd == b"STP":
-            if alarm is not None or s not in _RUNNING:
+            if alarm or s not in _RUNNING:
                 self.stop_pending = False
                 self.stop_acked_ms = now_ms
-                self._done()
+                self._inflight = None
+                self.commands_ok += 1
             else:
                 self._inflight = None  # still running (stale reply?): poll() resends STP
-            return
-        if alarm is not None:
+        elif alarm:
             # The reply acknowledged the alarm instead of executing the command
             # (manual §10.3). RUN is never repeated after an alarm; the rest are.
             if cmd == b"RUN" or self._alarm_tries >= _ALARM_RETRIES:
                 self._fail("alarm")
             else:
                 self._alarm_tries += 1
-                self._requeue()
-            return
-        if err is not None:
-            if err == b"?COM" and self._tries < self.retries:
-                self._tries += 1
-                self._requeue()
-                return
+                self._resend = True  # the same command at the next poll(), same counters
+        elif err is None:
+            self._inflight = None
+            self.commands_ok += 1
+        elif err == b"?COM" and self._tries < self.retries:
+            self._tries += 1
+            self._resend = True
+        else:
             self._fail(err.decode())
-            return
-        self._done()
-
-    def _requeue(self):
-        # Same command again at the next poll(), keeping its retry counters.
-        self._resend = True
-
-    def _done(self):
-        self._inflight = None
-        self.commands_ok += 1
 
     def _fail(self, why):
         self.last_error = why
         self.last_error_cmd = self._inflight
         self._inflight = None
         self.commands_failed += 1
-
-    def _parse_dis(self, data):
-        # "I<float>W<float><UL|ML>" (manual DIS; read the same way by the Aladdin driver)
-        if data[:1] != b"I" or len(data) < 6:
-            return None
-        w = data.find(b"W")
-        if w < 2:
-            return None
-        per = _VOL_UNITS.get(data[-2:])
-        if per is None:
-            return None
-        inf = _scaled(data[1:w], per)
-        wdr = _scaled(data[w + 1 : -2], per)
-        if inf is None or wdr is None:
-            return None
-        return inf, wdr
-
-    def _parse_rat(self, data):
-        # "<float><rate units>", e.g. "5.000MH"
-        per = _RATE_UNITS.get(data[-2:])
-        if per is None or len(data) < 3:
-            return None
-        return _scaled(data[:-2], per)

@@ -3,7 +3,8 @@
 Everything above this package (drivers, permit, outbox, node) is given objects with small
 interfaces and never branches on the platform:
 
-* UART: ``read() -> bytes | None`` (never blocks), ``write(data)``, ``close()``;
+* UART: ``read() -> bytes-like | None`` (never blocks; the bytes stay valid only until
+  the next ``read``, the node hands them to a driver at once), ``write(data)``, ``close()``;
   ``open_uart(spec)`` builds one from the wiring config: ``"uart:ID"`` (machine.UART on
   a board, pins and framing from the config), ``"pty:/dev/pts/N"`` or ``"tcp:HOST:PORT"``
   (the unix port: an emulated device, or a serial device server).
@@ -21,11 +22,11 @@ def open_uart(spec, baudrate=9600, bits=8, parity=None, stop=1, tx=None, rx=None
 
         return MachineUart(int(spec[5:]), baudrate, bits, parity, stop, tx, rx)
     if spec.startswith("pty:"):
-        from firmware.hal.uart_unix import PtyUart
+        from firmware.hal.uart_pty import PtyUart
 
         return PtyUart(spec[4:])
     if spec.startswith("tcp:"):
-        from firmware.hal.uart_unix import TcpUart
+        from firmware.hal.uart_tcp import TcpUart
 
         host, _, port = spec[4:].rpartition(":")
         return TcpUart(host, int(port))

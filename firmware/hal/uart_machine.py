@@ -12,11 +12,16 @@ class MachineUart:
         if rx is not None:
             kw["rx"] = machine.Pin(rx)
         self._u = machine.UART(uart_id, **kw)
+        self._buf = bytearray(256)
+        self._mv = memoryview(self._buf)
 
     def read(self):
+        """The bytes waiting, or None; a view of a buffer the next read reuses (see
+        firmware/hal/__init__.py)."""
         if not self._u.any():
             return None
-        return self._u.read()
+        n = self._u.readinto(self._buf)
+        return self._mv[:n] if n else None
 
     def write(self, data):
         self._u.write(data)

@@ -35,25 +35,17 @@ Usage::
 import asyncio
 from time import ticks_diff, ticks_ms
 
-from firmware.mqtt.codec import (
-    CONNACK,
-    DEFAULT_MAX_PACKET,
-    DISCONNECT_PACKET,
-    PINGREQ_PACKET,
-    PUBACK,
-    PUBLISH,
-    SUBACK,
-    SUBACK_FAILURE,
-    Decoder,
-    MqttError,
-    check_topic_filter,
-    encode_connect,
-    encode_puback,
-    encode_publish,
-    encode_subscribe,
-    set_dup,
-)
+from firmware.mqtt import codec
 from protocol._const import const
+
+# MQTT numbers from firmware/mqtt/codec.py, as folded private copies: each imported name
+# would be one more global on the node's heap (tests/test_const_copies.py checks them).
+_CONNACK = const(2)
+_PUBLISH = const(3)
+_PUBACK = const(4)
+_SUBACK = const(9)
+_SUBACK_FAILURE = const(0x80)
+_DEFAULT_MAX_PACKET = const(4096)
 
 # Connection states (``client.state``).
 STATE_IDLE = const(0)  # constructed; run() not started
@@ -156,7 +148,7 @@ class MQTTClient:
         connect_timeout_ms=10000,
         backoff_min_ms=500,
         backoff_max_ms=30000,
-        max_packet=DEFAULT_MAX_PACKET,
+        max_packet=_DEFAULT_MAX_PACKET,
         on_connect=None,
         on_message=None,
         on_puback=None,
@@ -177,11 +169,11 @@ class MQTTClient:
         """
         if will is not None:
             wt, wp, wq, wr = will
-            self._connect_pkt = encode_connect(
+            self._connect_pkt = codec.encode_connect(
                 client_id, keepalive, clean_session, wt, wp, wq, wr, username, password
             )
         else:
-            self._connect_pkt = encode_connect(
+            self._connect_pkt = codec.encode_connect(
                 client_id, keepalive, clean_session, None, b"", 0, False, username, password
             )
         self.client_id = client_id
@@ -217,7 +209,7 @@ class MQTTClient:
         self.callback_errors = 0
         self.last_error = None
 
-        self._dec = Decoder(max_packet)
+        self._dec = codec.Decoder(max_packet)
         self._rbuf = bytearray(_RBUF)
         self._rmv = memoryview(self._rbuf)
         self._win = []  # [pid, packet, sent_gen, sent_ms]; sent_gen 0 = never, -1 = resend
@@ -272,9 +264,9 @@ class MQTTClient:
         if self._closing:
             raise OSError("client closed")
         # Encode first (validates the topic and size), patch the real packet id in later.
-        pkt = encode_publish(topic, payload, qos, retain, False, 1 if qos else 0)
+        pkt = codec.encode_publish(topic, payload, qos, retain, False, 1 if qos else 0)
         if len(pkt) > self._max_packet:
-            raise MqttError("mqtt.too_large", "%d-byte PUBLISH" % len(pkt))
+            raise codec.MqttError("mqtt.too_large", "%d-byte PUBLISH" % len(pkt))
         q = self._win if qos else self._q0
         while len(q) >= self._window:
             await self._changed.wait()
@@ -298,9 +290,9 @@ class MQTTClient:
     def subscribe(self, topic_filter, qos=1):
         """Add a subscription; it is (re)sent on every connect, and now if connected."""
         f = topic_filter.encode() if isinstance(topic_filter, str) else topic_filter
-        check_topic_filter(f)
+        codec.check_topic_filter(f)
         if qos != 0 and qos != 1:
-            raise MqttError("mqtt.bad_argument", "qos %r" % (qos,))
+            raise codec.MqttError("mqtt.bad_argument", "qos %r" % (qos,))
         for s in self._subs:
             if s[0] == topic_filter:
                 s[1] = qos
@@ -417,8 +409,8 @@ class MQTTClient:
         data = await r.readexactly(4)  # a CONNACK is always exactly 4 bytes [§3.2]
         self._dec.reset()
         pkt, _ = self._dec.feed(data)
-        if pkt is None or pkt[0] != CONNACK:
-            raise MqttError("mqtt.unexpected", "first packet is not CONNACK")
+        if pkt is None or pkt[0] != _CONNACK:
+            raise codec.MqttError("mqtt.unexpected", "first packet is not CONNACK")
         return pkt
 
     async def _drop(self):
@@ -558,7 +550,7 @@ class MQTTClient:
 
     async def _dispatch(self, pkt):
         t = pkt[0]
-        if t == PUBACK:
+        if t == _PUBACK:
             pid = pkt[1]
             win = self._win
             for i in range(len(win)):
@@ -570,7 +562,7 @@ class MQTTClient:
                         self._safe(self.on_puback, pid)
                     break
             # A PUBACK for a pid not in flight is a late duplicate after a resend: ignore.
-        elif t == PUBLISH:
+        elif t == _PUBLISH:
             self.received += 1
             _, topic, payload, qos, retain, dup, pid = pkt
             if self.on_message is not None:
@@ -591,16 +583,16 @@ class MQTTClient:
                 self._rx_blocked = False
                 self._acks.append(pid)
                 self._wake.set()
-        elif t == SUBACK:
+        elif t == _SUBACK:
             if pkt[1] == self._sub_pid:
                 self._sub_pid = 0
                 for c in pkt[2]:
-                    if c == SUBACK_FAILURE:  # [MQTT-3.9.3] e.g. denied by the broker's ACL
+                    if c == _SUBACK_FAILURE:  # [MQTT-3.9.3] e.g. denied by the broker's ACL
                         self.sub_failures += 1
                         self.last_error = "subscription refused"
                 self._connected()
-        elif t == CONNACK:
-            raise MqttError("mqtt.unexpected", "second CONNACK")  # [MQTT-3.2.0-1]
+        elif t == _CONNACK:
+            raise codec.MqttError("mqtt.unexpected", "second CONNACK")  # [MQTT-3.2.0-1]
         # PINGRESP, UNSUBACK: receiving them already refreshed _last_rx.
 
     async def _sender(self, s, gen):
@@ -612,7 +604,7 @@ class MQTTClient:
                 while pkt is not None:
                     s.write(pkt)
                     await s.drain()
-                    if pkt is DISCONNECT_PACKET:
+                    if pkt is codec.DISCONNECT_PACKET:
                         self._fail("closed")
                         return
                     pkt = self._next_out(gen)
@@ -625,21 +617,21 @@ class MQTTClient:
         if self._acks:
             pid = self._acks.pop(0)
             self._pulse()
-            return encode_puback(pid)
+            return codec.encode_puback(pid)
         if self._disc_due:
             self._disc_due = False
-            return DISCONNECT_PACKET
+            return codec.DISCONNECT_PACKET
         if self._ping_due:
             self._ping_due = False
-            return PINGREQ_PACKET
+            return codec.PINGREQ_PACKET
         if self._sub_due:
             self._sub_due = False
             self._sub_t = ticks_ms()
-            return encode_subscribe(self._sub_pid, self._subs)
+            return codec.encode_subscribe(self._sub_pid, self._subs)
         for e in self._win:
             if e[2] != gen:
                 if e[2]:  # sent before, on an older link or unacknowledged too long
-                    set_dup(e[1])  # [MQTT-3.3.1-1]
+                    codec.set_dup(e[1])  # [MQTT-3.3.1-1]
                     self.retransmits += 1
                 e[2] = gen
                 e[3] = ticks_ms()

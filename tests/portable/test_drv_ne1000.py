@@ -5,8 +5,7 @@ framing and its own CRC table cannot cancel out.
 """
 
 from firmware.drivers import ne1000
-from firmware.drivers.crc16 import crc16_xmodem
-from firmware.drivers.ne1000 import Ne1000Pump, format_number, frame, parse_number
+from firmware.drivers.ne1000 import Ne1000Pump, crc16_xmodem, format_number, frame, parse_number
 from tests.portable.harness import check_cases, raises
 
 _WRAP = 1 << 30
