@@ -29,7 +29,7 @@ PLAN: list[tuple[str, str, list[str], float]] = [
     ("protocol", "protocol_bench.py", [], 0.01),
     ("ingest", "ingest.py", ["--nodes", "200", "--packets", "100", "--profile"], 0.05),
     ("footprint", "footprint.py", ["--speed", "240"], 0.11),
-    ("scale", "scale.py", ["--steps", "400,800,1200,1600,2000", "--window", "15"], 0.40),
+    ("scale", "scale.py", ["--steps", "400,800,1200,1400,1600,2000", "--window", "15"], 0.40),
     (
         "latency",
         "latency.py",

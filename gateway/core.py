@@ -52,10 +52,14 @@ from protocol import schema
 from protocol.replay import DUPLICATE, NEW
 
 ACTOR = "gateway"
-_AUDIT_REJECTIONS_PER_MIN = 10
+_AUDIT_REJECTIONS_PER_MIN = 10  # per (node, reason); the rest are counted, not audited
 # The node polls the pump's rate and volume every second, alternately: values older than
 # the start are normal for a few seconds after it.
-_CONFORMANCE_GRACE_S = 5.0  # per (node, reason); the rest are counted, not audited
+_CONFORMANCE_GRACE_S = 5.0
+# Retained chair state: with each telemetry packet (at most every _STATE_MIN_S), and from
+# the tick for a chair not published for _STATE_EVERY_S (a silent node's state still ages).
+_STATE_MIN_S = 0.5
+_STATE_EVERY_S = 1.0
 
 
 class ActionError(Exception):
@@ -316,6 +320,13 @@ class GatewayCore:
         self._check_dose(chair, now)
         self._maybe_complete(chair, now)
         self._renew_permit(chair, now)
+        # Chair state goes out with the packet that changed it: each chair at its own
+        # node's phase. Published from the tick alone, every chair's state left in the same
+        # 100 ms tick once a second, a burst (1,200 JSON messages at 1,200 chairs) that
+        # queued every permit and stop behind it.
+        if now - chair.last_state_publish >= _STATE_MIN_S:
+            chair.last_state_publish = now
+            self.out.append(outputs.chair_state(chair, now))
 
     # --- dose conformance ---------------------------------------------------------------------
     def _check_dose(self, chair: Chair, now: float) -> None:
@@ -442,7 +453,7 @@ class GatewayCore:
         for chair in self.chairs.values():
             if chair.online and now - chair.last_seen > self.rules.pump.node_offline_s:
                 chair.online = False
-            if now - chair.last_state_publish >= 1.0:
+            if now - chair.last_state_publish >= _STATE_EVERY_S:  # silent or slow nodes
                 chair.last_state_publish = now
                 self.out.append(outputs.chair_state(chair, now))
 
