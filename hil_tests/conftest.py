@@ -31,6 +31,10 @@ def make_bench(request: pytest.FixtureRequest, tmp_path: Path):
         if not wiring_file:
             raise pytest.UsageError("--board needs --board-wiring FILE (see docs/hil.md)")
         board_cfg = dict(json.loads(Path(wiring_file).read_text()), port=board)
+        missing = [k for k in ("uarts", "wiring", "broker_host") if k not in board_cfg]
+        if missing:
+            raise pytest.UsageError("--board-wiring %s: missing %s (see docs/hil.md)"
+                                    % (wiring_file, ", ".join(missing)))
 
     def make(chairs: int = 1, **kw) -> Bench:
         if board_cfg is not None:

@@ -109,8 +109,10 @@ class Bench:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.speed = speed
+        boards = any("board" in kw for kw in [chair_kwargs or {}, *(per_chair or [])])
         self.broker = broker or MosquittoBroker(
             self.workdir / "mosquitto", persistence=True,
+            listen_host="0.0.0.0" if boards else None,
             extra_config=("max_queued_messages 100000", "max_inflight_messages 100",
                           *mosquitto_extra))
         self.per_chair = per_chair or [{} for _ in range(chairs)]

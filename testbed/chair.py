@@ -54,7 +54,9 @@ class EmulatedChair:
                  tls: dict | None = None, board: dict | None = None):
         """``board``: run against a real board instead of the unix port: ``{"port": the
         board's USB console, "uarts": {role: host serial port wired to that UART},
-        "wiring": {role: {"port": "uart:N", "tx": pin, "rx": pin}}}`` (docs/hil.md)."""
+        "wiring": {role: {"port": "uart:N", "tx": pin, "rx": pin}}, "broker_host": the host's
+        address as the board reaches it, "wifi": {"ssid", "password"} for a Wi-Fi board}``
+        (docs/hil.md)."""
         self.node_id, self.site, self.chair = node_id, site, chair
         self.dir = workdir / node_id
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -78,7 +80,9 @@ class EmulatedChair:
                 self.transports[role] = PtyTransport(emu)
         self.seed = os.urandom(32)
         self.public = cose.Ed25519Signer(self.seed).public
-        self._write_bundle(broker_host, broker_port, gateway_pub, local_limits, saf_s,
+        # A board reaches the broker over the network, not at this machine's loopback.
+        host = board["broker_host"] if board else broker_host
+        self._write_bundle(host, broker_port, gateway_pub, local_limits, saf_s,
                            telemetry_ms, tls)
         self.node: EmulatedNode | BoardNode = (
             BoardNode(board["port"], self.dir, workdir, node_id) if board
@@ -117,6 +121,9 @@ class EmulatedChair:
             "local_limits": local_limits if local_limits is not None else {
                 "spo2": {"min": 80}, "nibp_sys": {"max": 200}},
         }
+        if self.board and self.board.get("wifi"):
+            cfg["wifi"] = {"ssid": self.board["wifi"]["ssid"],
+                           "password": self.board["wifi"]["password"]}
         (self.dir / "config.json").write_text(json.dumps(cfg, indent=2))
 
     def start(self) -> None:

@@ -58,7 +58,11 @@ class MosquittoBroker:
     host = "127.0.0.1"
     mqtt_protocol = "5"
 
-    def __init__(self, workdir=None, extra_config=(), tls=None, persistence=False):
+    def __init__(self, workdir=None, extra_config=(), tls=None, persistence=False,
+                 listen_host=None):
+        # ``host`` is where clients on this machine connect; ``listen_host`` what the broker
+        # binds: "0.0.0.0" when a real board on the network must reach it (docs/hil.md).
+        self.listen_host = listen_host or self.host
         self._own_dir = workdir is None
         self.dir = str(workdir) if workdir else tempfile.mkdtemp(prefix="mosquitto-")
         os.makedirs(self.dir, exist_ok=True)
@@ -93,11 +97,11 @@ class MosquittoBroker:
             lines += ["persistence true", "persistence_location " + self.dir + "/"]
         else:
             lines.append("persistence false")
-        lines.append("listener %d %s" % (self.port, self.host))
+        lines.append("listener %d %s" % (self.port, self.listen_host))
         if self.tls:
             t = self.tls
             lines += [
-                "listener %d %s" % (self.tls_port, self.host),
+                "listener %d %s" % (self.tls_port, self.listen_host),
                 "cafile " + t["cafile"],
                 "certfile " + t["certfile"],
                 "keyfile " + t["keyfile"],
