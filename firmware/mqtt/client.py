@@ -57,9 +57,9 @@ STATE_CLOSED = const(4)  # close() finished; run() has returned
 _RBUF = const(128)  # socket read chunk; payloads go straight into their own buffer
 _MAX_TICK_MS = const(250)  # supervisor period cap
 _MAX_PUBACKS = const(16)  # pending PUBACKs before the reader waits for the sender
-_STABLE_MS = const(30000)
+_STABLE_MS = const(30000)  # a link up this long resets the backoff
 _IPPROTO_TCP = const(6)
-_TCP_NODELAY = const(1)  # a link up this long resets the backoff
+_TCP_NODELAY = const(1)
 
 
 def _nodelay(stream):
