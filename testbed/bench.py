@@ -13,7 +13,6 @@ Every process leaves a log in the work directory (``mosquitto.log``, ``gateway.l
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from gateway.service import control_request, load_gateway_key
 from gateway.store import Store
 from protocol import cose
 from testbed.chair import EmulatedChair
-from testbed.dut import Console
+from testbed.dut import Console, ConsoleProcess
 from testbed.mosquitto import MosquittoBroker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,8 +35,10 @@ class BenchError(AssertionError):
     pass
 
 
-class GatewayProcess:
+class GatewayProcess(ConsoleProcess):
     """``ivgw run`` as a child process with its console captured."""
+
+    stop_grace_s = 15.0  # it closes its last batch and records its stop
 
     def __init__(self, config_path: Path, workdir: Path, workers: int = 1):
         self.config_path = config_path
@@ -72,28 +73,6 @@ class GatewayProcess:
                                  % self.console.log_path)
             time.sleep(0.1)
 
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
-        if self.console is not None:
-            self.console.close()
 
 
 class Bench:

@@ -83,7 +83,41 @@ class Console:
         self._log.close()
 
 
-class EmulatedNode:
+class ConsoleProcess:
+    """The lifecycle shared by the bench's child processes (the gateway, each emulated
+    node): a process whose merged output feeds a :class:`Console`, killed like a power cut
+    or stopped politely, with the console closed either way."""
+
+    stop_grace_s = 5.0  # between SIGTERM and SIGKILL in stop()
+    proc: subprocess.Popen[bytes] | None = None
+    console: Console | None = None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: nothing gets to clean up (a crash, a power cut)."""
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.terminate()
+            try:
+                self.proc.wait(self.stop_grace_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+        if self.console is not None:
+            self.console.close()
+
+
+class EmulatedNode(ConsoleProcess):
     """The real firmware (compiled .mpy) in the MicroPython unix port."""
 
     def __init__(self, bundle: Path, workdir: Path, name: str, heap: str = "256k"):
@@ -115,27 +149,6 @@ class EmulatedNode:
     def expect(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
         return self.console.expect(pattern, timeout)
 
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(5)
-
-    def stop(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self.console.close()
 
 
 class BoardNode:
