@@ -17,9 +17,10 @@ it never rejects. It accepts a packet only when:
 * the signature verifies over the Sig_structure (RFC 9052 §4.4) with the node's key;
 * the payload decodes with cbor2 and re-encodes to the identical bytes (which excludes
   non-shortest heads, indefinite lengths, duplicate keys and non-double floats), every map's
-  keys are integers or text in RFC 8949 §4.2.1 bytewise order, every value is one the
-  strict decoder allows (ints within 64 bits, bytes, text, lists, maps, bools, null: no
-  floats, no tags), within its depth and item limits;
+  keys are unsigned integers in RFC 8949 §4.2.1 order (for them, numeric order; any other
+  key takes the strict path), every value is one the strict decoder allows (ints within
+  64 bits, bytes, text, lists, maps, bools, null: no floats, no tags), and the depth and
+  the total number of data items stay below the strict decoder's limits;
 
 and then the same ``protocol.schema.validate`` runs on the result. tests/test_fast_verify.py
 checks, over generated and mutated packets, that this path never accepts what the strict
@@ -34,8 +35,9 @@ import cbor2
 
 from protocol import cose
 
-# Conservative limits (the strict decoder allows max_depth 8, max_items 512): anything
-# near them takes the strict path, which applies the exact limits.
+# Conservative limits (the strict decoder allows max_depth 8 and max_items 512 in all, the
+# whole payload counted): anything near them takes the strict path, which applies the exact
+# limits.
 _MAX_DEPTH = 6
 _MAX_ITEMS = 400
 _INT_MIN = -(2**64)
@@ -97,7 +99,7 @@ def decode_payload(payload: bytes) -> Any:
     """The payload as the strict decoder would return it, or None if it might disagree."""
     try:
         msg = cbor2.loads(payload)
-        if cbor2.dumps(msg) != payload or not _plain(msg):
+        if cbor2.dumps(msg) != payload or _items(msg) < 0:
             return None
     except Exception:  # noqa: BLE001 - anything unusual is the strict path's to judge
         return None
@@ -109,10 +111,12 @@ _CONTAINERS_AND_LEAVES = _LEAVES | {dict, list}
 _INTS = {int}
 
 
-def _plain(obj: Any, depth: int = 1) -> bool:
-    """Only the value types the strict decoder produces (ints within 64 bits, bytes, text,
-    bools, null, lists, maps with integer keys in deterministic order), within the depth
-    limit. Works a container at a time with C-level builtins: this runs for every packet."""
+def _items(obj: Any, depth: int = 1) -> int:
+    """The number of data items in ``obj`` (each element, key and value, the containers
+    themselves included), or -1 unless it holds only the value types the strict decoder
+    produces (ints within 64 bits, bytes, text, bools, null, lists, maps with unsigned
+    integer keys in deterministic order) within the depth and total item limits. Works a
+    container at a time with C-level builtins: this runs for every packet."""
     t = type(obj)
     if t is dict:
         keys = list(obj)
@@ -122,24 +126,31 @@ def _plain(obj: Any, depth: int = 1) -> bool:
             and keys[0] >= 0
             and keys[-1] <= _INT_MAX
         ):
-            return False  # negative or text keys, or unsorted: the strict decoder decides
+            return -1  # negative or text keys, or unsorted: the strict decoder decides
         values = list(obj.values())
+        n = 1 + 2 * len(values)
     elif t is list:
         values = obj
+        n = 1 + len(values)
     else:
-        return t in _LEAVES and (t is not int or _INT_MIN <= obj <= _INT_MAX)
-    if len(values) > _MAX_ITEMS or depth >= _MAX_DEPTH:
-        return False
+        return 1 if t in _LEAVES and (t is not int or _INT_MIN <= obj <= _INT_MAX) else -1
+    if n > _MAX_ITEMS or depth >= _MAX_DEPTH:
+        return -1
     types = set(map(type, values))
-    if types == _INTS:  # the common leaf: a reading [mantissa, exponent, unit, time]
-        return not values or (min(values) >= _INT_MIN and max(values) <= _INT_MAX)
     if int in types:
-        ints = [v for v in values if type(v) is int]
+        ints = values if types == _INTS else [v for v in values if type(v) is int]
         if min(ints) < _INT_MIN or max(ints) > _INT_MAX:
-            return False
+            return -1
     if types <= _LEAVES:
-        return True
-    return (
-        all(_plain(v, depth + 1) for v in values if type(v) is dict or type(v) is list)
-        and types <= _CONTAINERS_AND_LEAVES
-    )
+        return n
+    if not types <= _CONTAINERS_AND_LEAVES:
+        return -1
+    for v in values:
+        if type(v) is dict or type(v) is list:
+            inner = _items(v, depth + 1)
+            if inner < 0:
+                return -1
+            n += inner - 1  # the container was already counted as one element
+            if n > _MAX_ITEMS:
+                return -1
+    return n

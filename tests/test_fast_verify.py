@@ -176,6 +176,10 @@ def test_known_traps_take_the_strict_path_or_agree() -> None:
     for t in traps:
         check_payload(t)
     assert decode_payload(b"\xa2\x02\x00\x01\x00") is None
+    # Item limits count the whole payload, not each container (strict: cbor.too_many_items).
+    many = cbor2.dumps({1: list(range(300)), 2: list(range(300))})
+    check_payload(many)
+    assert decode_payload(many) is None
     assert decode_payload(b"\xa1\x01\xfb\x3f\xf0\x00\x00\x00\x00\x00\x00") is None
     assert decode_payload(b"\xa1\x01\xc2\x49\x01\x00\x00\x00\x00\x00\x00\x00\x00") is None
 
