@@ -171,12 +171,12 @@ _STEP = re.compile(
 )
 
 
-def import_costs() -> dict[str, Any]:
+def import_costs(build_dir: Path | None = None) -> dict[str, Any]:
     """{module: {"bytes", "qstrs", "bytes_without_qstrs"}} for the runtime modules (in import
     order, asyncio already loaded) and the boot-only ones, plus totals. The qstr pool grows
     in doubling chunks, so "bytes" puts a whole new chunk on the module that needed it;
     "bytes_without_qstrs" (heap minus the pool's growth) is the steadier figure."""
-    out = firmware_build.build()
+    out = firmware_build.build(build_dir)
     # firmware.hal (boot-only) is imported as the parent of firmware.hal.uart_pty: import it
     # first so that its cost is not counted as the port's.
     walk = [n for n in RUNTIME_MODULES if n != "firmware.hal.uart_pty"]
@@ -330,6 +330,19 @@ def min_heap(
     return b * step
 
 
+def _print_imports(imp: dict[str, Any]) -> None:
+    print(
+        "import costs (heap once imported, 64-bit unix port): runtime modules %d bytes, %d "
+        "qstrs; boot-only modules %d bytes (unloaded after boot)"
+        % (imp["runtime_bytes"], imp["runtime_qstrs"], imp["boot_only_bytes"])
+    )
+    for name, c in sorted(imp["runtime"].items(), key=lambda kv: -kv[1]["bytes_without_qstrs"]):
+        print(
+            "  %-26s %6d bytes (%5d without its %3d qstrs)"
+            % (name, c["bytes"], c["bytes_without_qstrs"], c["qstrs"])
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -344,7 +357,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--crypto-n", type=int, default=50, help="MicroPython sign/verify repeats")
     ap.add_argument("--no-bisect", action="store_true", help="size, crypto and peak heap only")
     ap.add_argument("--out", default=None)
+    ap.add_argument(
+        "--imports-only",
+        action="store_true",
+        help="print the heap each runtime module takes once imported, then stop (no session)",
+    )
+    ap.add_argument(
+        "--build-dir", default=None, help="compile the firmware here (default build/mpy)"
+    )
     args = ap.parse_args(argv)
+    if args.imports_only:
+        imp = import_costs(Path(args.build_dir) if args.build_dir else None)
+        _print_imports(imp)
+        return 0
     result: dict[str, Any] = {"config": vars(args)}
     result["size"] = sizes()
     print(
@@ -357,16 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     result["imports"] = imp = import_costs()
-    print(
-        "import costs (heap once imported, 64-bit unix port): runtime modules %d bytes, %d "
-        "qstrs; boot-only modules %d bytes (unloaded after boot)"
-        % (imp["runtime_bytes"], imp["runtime_qstrs"], imp["boot_only_bytes"])
-    )
-    for name, c in sorted(imp["runtime"].items(), key=lambda kv: -kv[1]["bytes_without_qstrs"]):
-        print(
-            "  %-26s %6d bytes (%5d without its %3d qstrs)"
-            % (name, c["bytes"], c["bytes_without_qstrs"], c["qstrs"])
-        )
+    _print_imports(imp)
     result["crypto_micropython"] = mpy_costs(args.crypto_n)
     c = result["crypto_micropython"]
     print(

@@ -17,6 +17,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("protocol", "firmware")
 
+# No source-line tables: on a board (and in the unix port) loaded bytecode lives in RAM, and
+# the line tables of the node's modules take about 3 KB of a 128 KiB heap. Tracebacks then
+# name the file and function but show line 1 (docs/firmware.md, "Footprint").
+MPY_FLAGS = ("-X", "no-source-lines")
+_STAMP = ".mpy-cross-flags"
+
 
 class BuildError(Exception):
     pass
@@ -42,16 +48,22 @@ def build(out_dir: Path | None = None, root: Path = ROOT) -> Path:
     """Compile every module into ``out_dir`` (default build/mpy), only when out of date."""
     out = Path(out_dir) if out_dir else root / "build" / "mpy"
     exe = mpy_cross()
+    # A build made with other flags is out of date as a whole, whatever the file times say.
+    stamp = out / _STAMP
+    flags = " ".join(MPY_FLAGS)
+    rebuild = not stamp.exists() or stamp.read_text() != flags
     for src in sources(root):
         rel = src.relative_to(root)
         dst = out / rel.with_suffix(".mpy")
-        if dst.exists() and dst.stat().st_mtime >= src.stat().st_mtime:
+        if not rebuild and dst.exists() and dst.stat().st_mtime >= src.stat().st_mtime:
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
-        r = subprocess.run([exe, "-o", str(dst), "-s", str(rel), str(src)],
+        r = subprocess.run([exe, *MPY_FLAGS, "-o", str(dst), "-s", str(rel), str(src)],
                            capture_output=True, text=True)
         if r.returncode != 0:
             raise BuildError("mpy-cross failed on %s: %s" % (rel, r.stderr.strip()))
+    if rebuild:
+        stamp.write_text(flags)
     return out
 
 

@@ -85,6 +85,26 @@ _ARRAY = const(0)
 _MAP = const(1)
 _TAG = const(2)
 
+# Detail numbers in protocol/details.py (private copies, checked by tests/test_details.py).
+_D_BAD_UTF8_TEXT = const(1)
+_D_INT_RANGE = const(2)
+_D_KEY_TYPE = const(3)
+_D_ITEMSIZE = const(4)
+_D_ENC_DEEP = const(5)
+_D_TAG_RANGE = const(6)
+_D_UNSUPPORTED = const(7)
+_D_AT = const(10)
+_D_INPUT = const(11)
+_D_KEY_MAJOR = const(12)
+_D_SIMPLE = const(13)
+_D_SIMPLE_BELOW_32 = const(14)
+_D_INITIAL = const(15)
+_D_NON_SHORTEST = const(16)
+_D_STRING = const(17)
+_D_TAG = const(18)
+_D_COUNT = const(19)
+_D_KEY_ORDER = const(20)
+
 _U64_END = 1 << 64  # first integer a CBOR head cannot carry (RFC 8949 §3.1)
 
 _NO_KEY = object()  # a map frame waiting for its next key
@@ -181,7 +201,7 @@ def _utf8(s):
     except UnicodeError:  # CPython: lone surrogates
         b = None
     if b is None or not _utf8_ok(b):
-        raise EncodeError(UNENCODABLE, "text is not valid UTF-8")
+        raise EncodeError(UNENCODABLE, _D_BAD_UTF8_TEXT)
     return b
 
 
@@ -191,7 +211,7 @@ def _enc_int(buf, v):
     elif -_U64_END <= v < 0:
         _head(buf, 1, -1 - v)
     else:
-        raise EncodeError(UNENCODABLE, "integer outside the 64-bit CBOR range")
+        raise EncodeError(UNENCODABLE, _D_INT_RANGE)
 
 
 def _enc_key(k):
@@ -204,7 +224,7 @@ def _enc_key(k):
     elif isinstance(k, int) and k is not True and k is not False:
         _enc_int(kb, k)
     else:
-        raise EncodeError(UNENCODABLE, "map key must be int or str, not " + type(k).__name__)
+        raise EncodeError(UNENCODABLE, _D_KEY_TYPE, type(k).__name__)
     return bytes(kb)
 
 
@@ -228,11 +248,11 @@ def _enc(buf, obj, depth):
         buf.extend(b)
     elif isinstance(obj, (bytes, bytearray, memoryview)):
         if getattr(obj, "itemsize", 1) != 1:
-            raise EncodeError(UNENCODABLE, "memoryview must have 1-byte items")
+            raise EncodeError(UNENCODABLE, _D_ITEMSIZE)
         _head(buf, 2, len(obj))
         buf.extend(obj)
     elif depth <= 0 and isinstance(obj, (list, tuple, dict, Tag)):
-        raise EncodeError(UNENCODABLE, "nested too deep (or cyclic)")
+        raise EncodeError(UNENCODABLE, _D_ENC_DEEP)
     elif isinstance(obj, (list, tuple)):
         _head(buf, 4, len(obj))
         for x in obj:
@@ -247,12 +267,12 @@ def _enc(buf, obj, depth):
     elif isinstance(obj, Tag):
         t = obj.tag
         if not isinstance(t, int) or t is True or t is False or not 0 <= t < _U64_END:
-            raise EncodeError(UNENCODABLE, "tag number outside 0..2**64-1")
+            raise EncodeError(UNENCODABLE, _D_TAG_RANGE)
         _head(buf, 6, t)
         _enc(buf, obj.value, depth - 1)
     else:
         # floats land here too: measurements travel as scaled integers.
-        raise EncodeError(UNENCODABLE, "unsupported type " + type(obj).__name__)
+        raise EncodeError(UNENCODABLE, _D_UNSUPPORTED, type(obj).__name__)
 
 
 def dumps(obj, max_depth=16):
@@ -268,8 +288,11 @@ def dumps(obj, max_depth=16):
 # ---------------------------------------------------------------------------- decoding
 
 
-def _fail(reason, pos, what=None):
-    raise DecodeError(reason, ("%s at byte %d" % (what, pos)) if what else ("at byte %d" % pos))
+def _fail(reason, pos, detail=_D_AT, arg=None):
+    """Raise ``reason``; the detail (formatted only if read) ends with the byte offset."""
+    if arg is None:
+        raise DecodeError(reason, detail, pos)
+    raise DecodeError(reason, detail, arg, pos)
 
 
 def loads(
@@ -289,7 +312,7 @@ def loads(
         data = bytes(data)  # a stable private copy: the caller's buffer may change under us
     end = len(data)
     if end > max_size:
-        _fail(TOO_LARGE, max_size, "input of %d bytes" % end)
+        _fail(TOO_LARGE, max_size, _D_INPUT, end)
 
     pos = 0
     items = 0
@@ -309,7 +332,7 @@ def loads(
         if stack:
             f = stack[-1]
             if f[0] == _MAP and f[3] is _NO_KEY and major != 0 and major != 1 and major != 3:
-                _fail(BAD_KEY, start, "map key of major type %d" % major)
+                _fail(BAD_KEY, start, _D_KEY_MAJOR, major)
 
         val = None  # type: object
         if major == 7:  # simple values and floats (RFC 8949 §3.3)
@@ -320,17 +343,17 @@ def loads(
             elif ai == 22:
                 val = None
             elif ai < 24:
-                _fail(SIMPLE_UNSUPPORTED, start, "simple(%d)" % ai)
+                _fail(SIMPLE_UNSUPPORTED, start, _D_SIMPLE, ai)
             elif ai == 24:
                 if pos >= end:
                     _fail(TRUNCATED, pos)
                 if data[pos] < 32:  # not well-formed, §3.3
-                    _fail(MALFORMED, start, "two-byte simple value below 32")
-                _fail(SIMPLE_UNSUPPORTED, start, "simple(%d)" % data[pos])
+                    _fail(MALFORMED, start, _D_SIMPLE_BELOW_32)
+                _fail(SIMPLE_UNSUPPORTED, start, _D_SIMPLE, data[pos])
             elif ai < 28:
                 _fail(FLOAT_UNSUPPORTED, start)
             else:  # 28-30 reserved; 31 is a break outside an indefinite item
-                _fail(MALFORMED, start, "initial byte 0x%02x" % ib)
+                _fail(MALFORMED, start, _D_INITIAL, ib)
         else:
             if ai < 24:
                 arg = ai
@@ -344,11 +367,11 @@ def loads(
                 pos += size
                 # shortest form, RFC 8949 §4.2.1: each size must be needed
                 if deterministic and arg < (24 if size == 1 else 1 << (size << 2)):
-                    _fail(NOT_DETERMINISTIC, start, "non-shortest head")
+                    _fail(NOT_DETERMINISTIC, start, _D_NON_SHORTEST)
             elif ai == 31 and 2 <= major <= 5:
                 _fail(INDEFINITE_UNSUPPORTED, start)
             else:  # 28-30 reserved; 31 on majors 0, 1, 6 (RFC 8949 §3.2.4)
-                _fail(MALFORMED, start, "initial byte 0x%02x" % ib)
+                _fail(MALFORMED, start, _D_INITIAL, ib)
 
             if major == 0:
                 val = arg
@@ -356,7 +379,7 @@ def loads(
                 val = -1 - arg
             elif major <= 3:
                 if arg > end - pos:  # before slicing: never trust a declared length
-                    _fail(TRUNCATED, pos, "string of %d bytes" % arg)
+                    _fail(TRUNCATED, pos, _D_STRING, arg)
                 raw = data[pos : pos + arg]
                 pos += arg
                 if major == 3:
@@ -367,7 +390,7 @@ def loads(
                     val = raw
             elif major == 6:
                 if arg not in tags:
-                    _fail(TAG_UNSUPPORTED, start, "tag %d" % arg)
+                    _fail(TAG_UNSUPPORTED, start, _D_TAG, arg)
                 if len(stack) >= max_depth:
                     _fail(TOO_DEEP, start)
                 stack.append([_TAG, arg, 1, None, None])
@@ -377,7 +400,7 @@ def loads(
                     _fail(TOO_DEEP, start)
                 need = arg if major == 4 else arg << 1
                 if need > end - pos:  # each item takes at least one byte
-                    _fail(TRUNCATED, pos, "count of %d" % arg)
+                    _fail(TRUNCATED, pos, _D_COUNT, arg)
                 if items + need > max_items:
                     _fail(TOO_MANY_ITEMS, start)
                 if arg == 0:
@@ -412,7 +435,7 @@ def loads(
                         if prev is not None and kb <= prev:
                             if kb == prev:
                                 _fail(DUPLICATE_KEY, start)
-                            _fail(NOT_DETERMINISTIC, start, "map keys not in bytewise order")
+                            _fail(NOT_DETERMINISTIC, start, _D_KEY_ORDER)
                         f[4] = kb
                     elif val in f[1]:
                         _fail(DUPLICATE_KEY, start)

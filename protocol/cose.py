@@ -35,6 +35,30 @@ H_CRIT = const(2)
 H_CTY = const(3)
 H_KID = const(4)
 
+# Detail numbers in protocol/details.py (private copies, checked by tests/test_details.py).
+_D_NOT_BYTES = const(30)
+_D_SIZE = const(31)
+_D_WRONG_TAG = const(32)
+_D_UNTAGGED = const(33)
+_D_NOT_ARRAY4 = const(34)
+_D_PROTECTED_TYPE = const(35)
+_D_PAYLOAD_TYPE = const(36)
+_D_SIGNATURE_TYPE = const(37)
+_D_PROTECTED_CBOR = const(38)
+_D_HEADER_NOT_MAP = const(39)
+_D_HEADER_LABEL = const(40)
+_D_BOTH_BUCKETS = const(41)
+_D_CRIT = const(42)
+_D_NO_ALG = const(43)
+_D_ALG = const(44)
+_D_NO_KID = const(45)
+_D_ALG_MISMATCH = const(46)
+_D_SIGNATURE_SIZE = const(47)
+_D_NO_VERIFY = const(48)
+_D_KEY_SIZE = const(49)
+_D_KEY_INVALID = const(50)
+_D_TEXT = const(51)
+
 MAX_MESSAGE = const(2048)  # bytes; a telemetry packet is ~250 (docs/protocol.md size budget)
 _MAX_KID = const(64)
 
@@ -85,12 +109,12 @@ class Ed25519Verifier:
 
     def __init__(self, public):
         if len(public) != 32:
-            raise SignatureError("cose.bad_key", "Ed25519 public key must be 32 bytes")
+            raise SignatureError("cose.bad_key", _D_KEY_SIZE)
         self.public = bytes(public)
         try:
             self._key = ed25519.VerifyingKey(self.public)
         except ValueError:
-            raise SignatureError("cose.bad_key", "not a valid Ed25519 public key")
+            raise SignatureError("cose.bad_key", _D_KEY_INVALID)
 
     def verify(self, signature, data):
         return self._key.verify(data, signature)
@@ -108,60 +132,59 @@ def encode_with_headers(payload, signer, protected, unprotected, external_aad=b"
     return cbor.dumps(cbor.Tag(TAG_SIGN1, [protected_bytes, unprotected, payload, signature]))
 
 
-def _fail(reason, detail=""):
-    raise SignatureError(reason, detail)
+def _fail(reason, detail, *args):
+    raise SignatureError(reason, detail, *args)
 
 
 def _header_map(m, where):
     if not isinstance(m, dict):
-        _fail("cose.malformed", where + " header is not a map")
+        _fail("cose.malformed", _D_HEADER_NOT_MAP, where)
     for label in m:
         if not isinstance(label, (int, str)) or isinstance(label, bool):
-            _fail("cose.malformed", where + " header label %r" % (label,))
+            _fail("cose.malformed", _D_HEADER_LABEL, where, label)
     return m
 
 
 def decode(data, tagged=True, max_size=MAX_MESSAGE):
     """Parse the COSE_Sign1 structure (RFC 9052 §4.2) without verifying it."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        _fail("cose.malformed", "message must be bytes")
+        _fail("cose.malformed", _D_NOT_BYTES)
     if len(data) > max_size:
-        _fail("cose.too_large", "%d bytes > %d" % (len(data), max_size))
+        _fail("cose.too_large", _D_SIZE, len(data), max_size)
     if len(data) and data[0] >> 5 == 6 and data[0] != 0xD2:
         # A tag other than 18 (0xD2 is the one-byte head of tag 18).
-        _fail("cose.wrong_tag", "expected CBOR tag 18 (COSE_Sign1)")
+        _fail("cose.wrong_tag", _D_WRONG_TAG)
     try:
         obj = cbor.loads(data, max_size=max_size, tags=(TAG_SIGN1,))
     except DecodeError as e:
-        _fail("cose.malformed", e.reason)
+        _fail("cose.malformed", _D_TEXT, e.reason)
     if isinstance(obj, cbor.Tag):
         obj = obj.value
     elif tagged:
-        _fail("cose.untagged", "COSE_Sign1 must carry CBOR tag 18")
+        _fail("cose.untagged", _D_UNTAGGED)
     if not isinstance(obj, (list, tuple)) or len(obj) != 4:
-        _fail("cose.malformed", "COSE_Sign1 is an array of 4")
+        _fail("cose.malformed", _D_NOT_ARRAY4)
     protected_bytes, unprotected, payload, signature = obj
     if not isinstance(protected_bytes, bytes):
-        _fail("cose.malformed", "protected header must be a bstr")
+        _fail("cose.malformed", _D_PROTECTED_TYPE)
     if not isinstance(payload, bytes):
-        _fail("cose.detached_payload" if payload is None else "cose.malformed",
-              "payload must be an attached bstr")
+        _fail("cose.detached_payload" if payload is None else "cose.malformed", _D_PAYLOAD_TYPE)
     if not isinstance(signature, bytes):
-        _fail("cose.malformed", "signature must be a bstr")
+        _fail("cose.malformed", _D_SIGNATURE_TYPE)
     if protected_bytes:
         try:
             protected = cbor.loads(protected_bytes, max_size=256, tags=())
         except DecodeError as e:
-            _fail("cose.malformed", "protected header: " + e.reason)
+            _fail("cose.malformed", _D_PROTECTED_CBOR, e.reason)
     else:
         protected = {}
     _header_map(protected, "protected")
     _header_map(unprotected, "unprotected")
     for label in protected:
         if label in unprotected:
-            _fail("cose.duplicate_header", "label %r in both buckets" % (label,))
+            _fail("cose.duplicate_header", _D_BOTH_BUCKETS, label)
     if H_CRIT in protected or H_CRIT in unprotected:
-        _fail("cose.crit_unsupported", "no critical extensions are understood")
+        _fail("cose.crit_unsupported", _D_CRIT)
     return Sign1(protected_bytes, protected, unprotected, payload, signature)
 
 
@@ -175,22 +198,22 @@ def verify(data, lookup, external_aad=b"", tagged=True, max_size=MAX_MESSAGE):
     msg = decode(data, tagged, max_size)
     alg = msg.alg
     if alg is None:
-        _fail("cose.no_alg", "alg header missing")
+        _fail("cose.no_alg", _D_NO_ALG)
     if alg not in ALG_NAMES:
-        _fail("cose.unknown_alg", "alg %r" % (alg,))
+        _fail("cose.unknown_alg", _D_ALG, alg)
     kid = msg.kid
     if not isinstance(kid, bytes) or not 0 < len(kid) <= _MAX_KID:
-        _fail("cose.no_kid", "kid header missing or not a bstr of 1-64 bytes")
+        _fail("cose.no_kid", _D_NO_KID)
     verifier = lookup(kid)
     if verifier is None:
-        _fail("cose.unknown_kid", repr(kid)[:80])
+        _fail("cose.unknown_kid", _D_TEXT, repr(kid)[:80])
     if verifier.alg != alg:
-        _fail("cose.alg_mismatch", "message says %s, key is %s"
-              % (ALG_NAMES[alg], ALG_NAMES.get(verifier.alg, verifier.alg)))
+        _fail("cose.alg_mismatch", _D_ALG_MISMATCH,
+              ALG_NAMES[alg], ALG_NAMES.get(verifier.alg, verifier.alg))
     if len(msg.signature) != 64:
-        _fail("cose.bad_signature", "signature must be 64 bytes")
+        _fail("cose.bad_signature", _D_SIGNATURE_SIZE)
     # RFC 9052 §4.4: an empty protected map is signed as a zero-length bstr.
     body = b"" if not msg.protected else msg.protected_bytes
     if not verifier.verify(msg.signature, sig_structure(body, msg.payload, external_aad)):
-        _fail("cose.bad_signature", "signature does not verify")
+        _fail("cose.bad_signature", _D_NO_VERIFY)
     return msg

@@ -26,6 +26,19 @@ _C_KIND = const(10)
 _C_ARGS = const(11)
 _C_REF = const(12)
 
+# Detail numbers in protocol/details.py (private copies, checked by tests/test_details.py).
+_D_TEXT_LEN = const(60)
+_D_PAIR = const(61)
+_D_UNSIGNED = const(62)
+_D_MAP = const(63)
+_D_REQUIRED = const(64)
+_D_UNKNOWN_KEY = const(65)
+_D_NOT_A_MAP = const(66)
+_D_TYPE = const(67)
+_D_TYPE_MISMATCH = const(68)
+_D_ENVELOPE_KEY = const(69)
+_D_COMMAND_KIND = const(70)
+
 _U32_MAX = const(0xFFFFFFFF)
 _U64_MAX = const(0xFFFFFFFFFFFFFFFF)
 
@@ -58,8 +71,8 @@ _COMMANDS = {
 }
 
 
-def _fail(reason, detail):
-    raise SchemaError(reason, detail)
+def _fail(reason, detail, *args):
+    raise SchemaError(reason, detail, *args)
 
 
 def _key(k):
@@ -70,51 +83,49 @@ def _key(k):
 def _check(v, where, kind):
     if kind > 0:
         if not isinstance(v, str) or len(v) > kind:
-            _fail("schema.bad_value", where + ": expected text of at most %d" % kind)
+            _fail("schema.bad_value", _D_TEXT_LEN, where, kind)
     elif kind == _REF:
         if not isinstance(v, (list, tuple)) or len(v) != 2:
-            _fail("schema.bad_value", where + ": expected a pair")
+            _fail("schema.bad_value", _D_PAIR, where)
         _check(v[0], where + "[0]", _U32)
         _check(v[1], where + "[1]", _U32)
     elif kind != _ARGS:
         hi = _U32_MAX if kind == _U32 else _U64_MAX
         if not isinstance(v, int) or isinstance(v, bool) or v < 0 or v > hi:
-            _fail("schema.bad_value", where + ": expected unsigned integer <= %d" % hi)
+            _fail("schema.bad_value", _D_UNSIGNED, where, hi)
 
 
 def _map(v, where, fields, required):
     """A map of integer keys: the required ones present, each value of its field's kind."""
     if not isinstance(v, dict):
-        _fail("schema.bad_value", where + ": expected map")
+        _fail("schema.bad_value", _D_MAP, where)
     for k in required:
         if k not in v:
-            _fail("schema.missing_key", where + ": key %d is required" % k)
+            _fail("schema.missing_key", _D_REQUIRED, where, k)
     for k in v:
         kind = fields.get(_key(k))
         if kind is None:
-            _fail("schema.unknown_key", where + ": key %r" % (k,))
+            _fail("schema.unknown_key", _D_UNKNOWN_KEY, where, k)
         _check(v[k], where + "." + str(k), kind)
 
 
 def validate_command(msg):
     """``protocol.schema.validate(msg, COMMAND)``: return msg or raise SchemaError."""
     if not isinstance(msg, dict):
-        _fail("schema.not_a_map", "payload must be a CBOR map")
+        _fail("schema.not_a_map", _D_NOT_A_MAP)
     mtype = msg.get(_K_TYPE)
     name = TYPE_NAMES.get(_key(mtype))
     if name is None:
-        _fail("schema.bad_type", "message type %r" % (mtype,))
+        _fail("schema.bad_type", _D_TYPE, mtype)
     if mtype != _COMMAND:
-        _fail("schema.type_mismatch", "%s message where command expected" % name)
+        _fail("schema.type_mismatch", _D_TYPE_MISMATCH, name)
     for k in (_K_TYPE, _K_DEV, _K_BOOT, _K_SEQ, _K_T):
         if k not in msg:
-            _fail("schema.missing_key", "envelope key %d is required" % k)
+            _fail("schema.missing_key", _D_ENVELOPE_KEY, k)
     _map(msg, "command", _FIELDS, (_C_KIND, _C_ARGS, _C_REF))
     args = _COMMANDS.get(msg[_C_KIND])
     if args is None:
-        raise SchemaError(
-            "schema.bad_command", "command: unknown command kind %r" % (msg[_C_KIND],)
-        )
+        raise SchemaError("schema.bad_command", _D_COMMAND_KIND, msg[_C_KIND])
     _map(msg[_C_ARGS], "command.args", args[0], args[1])
     return msg
 

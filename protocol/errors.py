@@ -4,14 +4,34 @@ Every rejection carries a short, stable ``reason`` code (for example ``"cbor.tru
 or ``"cose.bad_signature"``). The gateway counts and audits rejections by that code, so
 codes are part of the documented interface (docs/protocol.md): never reword one casually.
 ``detail`` is free text for humans.
+
+A detail is given either as text or, by the decoders a node runs (cbor, cose, envelope), as
+a number in the catalog of protocol/details.py plus its arguments, formatted only when
+someone reads ``detail`` or ``str(error)``. The node acts on reasons alone and never loads
+the catalog: on a board its ~50 sentences would take about 3.5 KB of the heap for text
+nobody there reads (docs/firmware.md, "Footprint"); the gateway reads every detail.
 """
 
 
 class ProtocolError(ValueError):
-    def __init__(self, reason, detail=""):
-        super().__init__(reason if not detail else reason + ": " + detail)
+    def __init__(self, reason, detail="", *args):
+        super().__init__(reason)
         self.reason = reason
-        self.detail = detail
+        self._detail = detail
+        self._args = args
+
+    @property
+    def detail(self):
+        d = self._detail
+        if isinstance(d, int):
+            from protocol.details import text
+
+            return text(d, self._args)
+        return d
+
+    def __str__(self):
+        d = self.detail
+        return self.reason + ": " + d if d else self.reason
 
 
 class DecodeError(ProtocolError):
@@ -28,7 +48,3 @@ class SchemaError(ProtocolError):
 
 class TopicError(ProtocolError):
     """A topic outside the namespace (reasons ``topic.*``)."""
-
-
-class ReplayError(ProtocolError):
-    """A sequence number that is a duplicate or stale (reasons ``replay.*``)."""
