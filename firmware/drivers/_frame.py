@@ -1,32 +1,8 @@
-"""Fixed-size receive buffer shared by the framed drivers (no per-byte allocation).
+"""Empty: the receive buffers of the framed drivers (ne1000, datex) are now part of each
+driver (a bytearray, a count and, for ne1000, a memoryview to shift the tail down), which
+costs less heap than a shared class (docs/firmware.md, "Footprint").
 
-MicroPython's bytearray supports no item deletion, so consumed bytes are dropped by
-shifting the tail down through a memoryview (one memmove, no temporary object).
+No driver imports this module any more. It stays only because bench/footprint.py still
+lists ``firmware.drivers._frame`` among the runtime modules it imports; it can be deleted
+together with that entry.
 """
-
-
-class RxBuffer:
-    def __init__(self, size):
-        self.buf = bytearray(size)
-        self.mv = memoryview(self.buf)
-        self.n = 0
-
-    def append(self, b):
-        """Store one byte; False (byte not stored) when the buffer is full."""
-        if self.n >= len(self.buf):
-            return False
-        self.buf[self.n] = b
-        self.n += 1
-        return True
-
-    def drop(self, k):
-        """Forget the first ``k`` bytes."""
-        n = self.n
-        if k >= n:
-            self.n = 0
-            return
-        self.mv[0 : n - k] = self.mv[k:n]
-        self.n = n - k
-
-    def clear(self):
-        self.n = 0

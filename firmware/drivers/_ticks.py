@@ -10,21 +10,26 @@ only the low 30 bits of a difference matter as long as real intervals stay below
 (about 6 days). Using one period everywhere makes wrap-around tests identical under
 CPython, the unix port and a board. ``time.ticks_diff`` is used when the running port has
 exactly this period (it is implemented in C there).
+
+``const`` is exported for the drivers (``from ._ticks import const``): MicroPython's
+compiler folds ``_NAME = const(...)`` by name wherever ``const`` comes from, and CPython
+gets the identity function from here (defined in ``_host``, which only CPython imports), so
+no driver needs an import fallback of its own: on MicroPython each fallback function would
+cost heap even though it never runs (docs/firmware.md "Footprint"). ``ticks_from_seconds``
+(CPython tests) also comes from ``_host``.
 """
 
 try:
     from micropython import const
-except ImportError:  # CPython
-
-    def const(x):  # type: ignore[misc]
-        return x
+except ImportError:  # CPython: const() and the tests' helper, from a module the node never loads
+    from ._host import const, ticks_from_seconds  # noqa: F401
 
 
 _MASK = const(0x3FFFFFFF)  # period 2**30 minus one: still a small int on 32-bit ports
 _HALF = const(0x20000000)  # 2**29: differences at or beyond this read as negative
 
 
-def _diff(a, b):
+def ticks_diff(a, b):
     # (a - b) stays a small int on 32-bit ports for a, b in [0, 2**30); so does the mask.
     d = (a - b) & _MASK
     if d >= _HALF:
@@ -32,23 +37,15 @@ def _diff(a, b):
     return d
 
 
-def _add(t, delta):
+def ticks_add(t, delta):
     return (t + delta) & _MASK
 
 
-ticks_diff = _diff
-ticks_add = _add
-
 try:
-    import time as _time
+    import time
 
-    if _time.ticks_add(0, -1) == _MASK:  # type: ignore[type-var]  # native period 2**30?
-        ticks_diff = _time.ticks_diff
-        ticks_add = _time.ticks_add
+    if time.ticks_add(0, -1) == _MASK:  # type: ignore[type-var]  # native period 2**30?
+        ticks_diff = time.ticks_diff  # noqa: F811
+        ticks_add = time.ticks_add  # noqa: F811
 except (ImportError, AttributeError):  # CPython: keep the pure-Python versions
     pass
-
-
-def ticks_from_seconds(seconds):
-    """CPython helper for emulator-driven tests: seconds -> a tick value in the period."""
-    return int(seconds * 1000) & _MASK

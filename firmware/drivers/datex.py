@@ -37,26 +37,30 @@ NIBP is displayed until the next cuff cycle, so its tick is the time the triple
 carries no NIBP measurement time. ``nibp_time_known`` is False when that first sighting
 was the first record after start (the measurement may be older). Two successive cuff cycles
 with identical results are indistinguishable from "no new measurement".
+
+Written for a small heap (docs/firmware.md, "Footprint"): every function costs heap on
+the node, so a frame is checked and read inside ``feed`` itself and the request is built by
+the constructor (the tests build frames and records on their own, from the layout above).
 """
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):  # type: ignore[misc]
-        return x
-
-
-from ._frame import RxBuffer
-from ._ticks import ticks_diff
+from ._ticks import const, ticks_diff
 
 _FLAG = const(0x7E)
 _ESC = const(0x7D)
 _HDR = const(40)
 _PHDB = const(278)
 _INVALID_LIMIT = const(-32001)
-DRI_MT_PHDB = const(0)
-DRI_PH_DISPL = const(1)
+_DRI_MT_PHDB = const(0)  # r_maintype of physiological data (checked as 0 below)
+_DRI_PH_DISPL = const(1)  # sr_type / phdb_rcrd_type: displayed values
+# Receiver states (feed): outside a frame, inside one, after an escape byte, in an
+# over-long frame (discarded up to the next flag).
+_OUT = const(0)
+_IN = const(1)
+_ESCAPED = const(2)
+_OVER = const(3)
+# Where _basic values are, in 2-byte units from the start of the basic class: hr, imp_rr,
+# nibp sys/dia/mean, SpO2, EtCO2, rr, amb_press (offsets in the module docstring / 2).
+_AT = const(b"\x03\x07\x27\x28\x29\x3e\x45\x47\x48")
 
 MDC_ECG_HEART_RATE = const(147842)
 MDC_PRESS_BLD_NONINV_SYS = const(150021)
@@ -66,52 +70,6 @@ MDC_PULS_OXIM_SAT_O2 = const(150456)
 MDC_RESP_RATE = const(151562)
 MDC_AWAY_RESP_RATE = const(151570)
 MDC_AWAY_CO2_ET = const(151728)
-
-
-def frame(record):
-    """Wrap a record: flag, escaped record and checksum, flag."""
-    out = bytearray()
-    out.append(_FLAG)
-    s = 0
-    for b in record:
-        s += b
-        _put(out, b)
-    _put(out, s & 0xFF)
-    out.append(_FLAG)
-    return bytes(out)
-
-
-def _put(out, b):
-    if b == _FLAG or b == _ESC:
-        out.append(_ESC)
-        out.append(b ^ 0x20)
-    else:
-        out.append(b)
-
-
-def request_record(interval_s=5, classes=0, rcrd_type=DRI_PH_DISPL):
-    """The 49-byte "transmit physiological data" request (see module docstring)."""
-    r = bytearray(49)
-    r[0] = 49
-    r[21] = 0xFF  # sr_desc[1].sr_type: end of subrecord list
-    r[40] = rcrd_type
-    r[41] = interval_s & 0xFF
-    r[42] = (interval_s >> 8) & 0xFF
-    r[43] = classes & 0xFF
-    r[44] = (classes >> 8) & 0xFF
-    r[45] = (classes >> 16) & 0xFF
-    r[46] = (classes >> 24) & 0xFF
-    return bytes(r)
-
-
-def _s16(buf, i):
-    v = buf[i] | (buf[i + 1] << 8)
-    return v - 0x10000 if v & 0x8000 else v
-
-
-def _val(buf, i):
-    v = _s16(buf, i)
-    return None if v < _INVALID_LIMIT else v
 
 
 class DatexS5:
@@ -132,59 +90,51 @@ class DatexS5:
     def __init__(self, interval_s=5, classes=0, max_frame=640, offline_ms=None):
         if interval_s < 5:
             raise ValueError("the S/5 interface sends displayed data at most every 5 s")
-        self.interval_ms = interval_s * 1000
-        self.offline_ms = offline_ms if offline_ms is not None else 3 * self.interval_ms
-        self.rerequest_ms = 2 * self.interval_ms + 1000
-        self._request = frame(request_record(interval_s, classes))
-        self._rx = RxBuffer(max_frame)
-        self._in = False
-        self._esc = False
-        self._over = False
-        self._requested = False
-        self._quiet_ms = 0
-        self._ever = False
-        self._nibp_key = None
-        self.hr = None
-        self.hr_ms = 0
-        self.nibp_sys = None
-        self.nibp_dia = None
-        self.nibp_mean = None
-        self.nibp_ms = 0
-        self.nibp_seq = 0
+        self.offline_ms = offline_ms if offline_ms is not None else 3000 * interval_s
+        self.rerequest_ms = 2000 * interval_s + 1000
+        # The request (module docstring): a 49-byte record with interval and classes...
+        r = bytearray(49)
+        r[0] = 49  # r_len
+        r[21] = 0xFF  # sr_desc[1].sr_type: end of subrecord list
+        r[40] = _DRI_PH_DISPL  # phdb_rcrd_type
+        r[41] = interval_s & 0xFF
+        r[42] = (interval_s >> 8) & 0xFF
+        for i in range(4):
+            r[43 + i] = (classes >> (8 * i)) & 0xFF
+        # ... framed: flag, record and checksum escaped, flag.
+        out = bytearray()
+        out.append(_FLAG)
+        for b in r + bytes((sum(r) & 0xFF,)):
+            if b == _FLAG or b == _ESC:
+                out.append(_ESC)
+                b ^= 0x20
+            out.append(b)
+        out.append(_FLAG)
+        self._request = bytes(out)
+        # Receive buffer (_n bytes of the unescaped frame so far) and receiver state.
+        self._buf = bytearray(max_frame)
+        self._n = self._st = 0
+        self._quiet_ms = 0  # tick of the last request or record
+        self.hr = self.rr = self.rr_imp = self.spo2_x100 = None
+        self.nibp_sys = self.nibp_dia = self.nibp_mean = None
+        self.etco2_pct_x100 = self.etco2_mmhg_x10 = self.r_time = None
+        self.hr_ms = self.rr_ms = self.rr_imp_ms = self.spo2_ms = self.etco2_ms = 0
+        self.nibp_ms = self.nibp_seq = self.record_ms = 0
         self.nibp_time_known = False
-        self.spo2_x100 = None
-        self.spo2_ms = 0
-        self.rr = None
-        self.rr_ms = 0
-        self.rr_imp = None
-        self.rr_imp_ms = 0
-        self.etco2_pct_x100 = None
-        self.etco2_mmhg_x10 = None
-        self.etco2_ms = 0
-        self.r_time = None
-        self.record_ms = 0
-        self.frames_ok = 0
-        self.frames_bad = 0
-        self.frames_invalid = 0
-        self.frames_too_long = 0
-        self.bytes_discarded = 0
-        self.records_ignored = 0
-        self.requests_sent = 0
-
-    def request_bytes(self):
-        return self._request
+        self.frames_ok = self.frames_bad = self.frames_invalid = self.frames_too_long = 0
+        self.bytes_discarded = self.records_ignored = self.requests_sent = 0
 
     def poll(self, now_ms):
         """The data request: at start, then again whenever records stop arriving."""
-        if self._requested and ticks_diff(now_ms, self._quiet_ms) < self.rerequest_ms:
+        if self.requests_sent and ticks_diff(now_ms, self._quiet_ms) < self.rerequest_ms:
             return None
-        self._requested = True
         self._quiet_ms = now_ms
         self.requests_sent += 1
         return self._request
 
     def online(self, now_ms):
-        return self._ever and ticks_diff(now_ms, self.record_ms) <= self.offline_ms
+        # r_time is None until the first record with displayed values
+        return self.r_time is not None and ticks_diff(now_ms, self.record_ms) <= self.offline_ms
 
     def values(self, now_ms, max_age_ms=None):
         """{MDC code: (mantissa, exponent, tick)} for values present and fresh.
@@ -194,7 +144,7 @@ class DatexS5:
         """
         age = self.offline_ms if max_age_ms is None else max_age_ms
         out: dict = {}
-        if ticks_diff(now_ms, self.record_ms) > age or not self._ever:
+        if ticks_diff(now_ms, self.record_ms) > age or self.r_time is None:
             return out
         if self.hr is not None:
             out[MDC_ECG_HEART_RATE] = (self.hr, 0, self.hr_ms)
@@ -215,105 +165,101 @@ class DatexS5:
         return out
 
     def feed(self, data, now_ms):
-        rx = self._rx
+        buf = self._buf
+        n = self._n
+        st = self._st
         for b in data:
-            if b == _FLAG:
-                if self._esc:  # 7D 7E: aborted frame (HDLC abort)
-                    self.bytes_discarded += rx.n + 1
-                elif self._over:
-                    pass
-                elif self._in and rx.n:
-                    self._frame(now_ms)
-                rx.clear()
-                self._in = True
-                self._esc = False
-                self._over = False
+            if b != _FLAG:
+                if st == _OUT or st == _OVER:
+                    self.bytes_discarded += 1
+                elif st == _IN and b == _ESC:
+                    st = _ESCAPED
+                elif n < len(buf):
+                    buf[n] = b ^ 0x20 if st == _ESCAPED else b
+                    n += 1
+                    st = _IN
+                else:
+                    self.frames_too_long += 1
+                    self.bytes_discarded += n + 1
+                    n = 0
+                    st = _OVER
                 continue
-            if not self._in or self._over:
-                self.bytes_discarded += 1
-                continue
-            if self._esc:
-                self._esc = False
-                b ^= 0x20
-            elif b == _ESC:
-                self._esc = True
-                continue
-            if not rx.append(b):
-                self.frames_too_long += 1
-                self.bytes_discarded += rx.n + 1
-                rx.clear()
-                self._over = True
-
-    def _frame(self, now_ms):
-        rx = self._rx
-        n = rx.n - 1  # record length without the checksum
-        buf = rx.buf
-        s = 0
-        for i in range(n):
-            s += buf[i]
-        if n < _HDR or (s & 0xFF) != buf[n]:
-            if n < _HDR:
-                self.bytes_discarded += rx.n  # a fragment or noise between flags
-            else:
-                self.frames_bad += 1
-            return
-        if _s16(buf, 0) != n:
-            self.frames_invalid += 1
-            return
-        self.frames_ok += 1
-        if _s16(buf, 14) != DRI_MT_PHDB:
-            self.records_ignored += 1
-            return
-        used = False
-        for k in range(8):
-            d = 16 + 3 * k
-            sr_type = buf[d + 2]
-            if sr_type == 0xFF:
-                break
-            start = _HDR + _s16(buf, d)
-            if sr_type != DRI_PH_DISPL or start < _HDR or start + _PHDB > n:
-                self.records_ignored += 1
-                continue
-            if (buf[start + 276] | (buf[start + 277] << 8)) >> 8 & 0x0F:
-                self.records_ignored += 1  # not the basic class
-                continue
-            self._basic(buf, start + 4, now_ms)
-            used = True
-        if used:
-            self._ever = True
-            self._quiet_ms = now_ms
-            self.record_ms = now_ms
-            self.r_time = (
-                buf[6] | (buf[7] << 8) | (buf[8] << 16) | (buf[9] << 24)
-            )  # a big int on 32-bit ports after 2038 only
-
-    def _basic(self, buf, b, now_ms):
-        self.hr = _val(buf, b + 6)
-        self.hr_ms = now_ms
-        self.rr_imp = _val(buf, b + 14)
-        self.rr_imp_ms = now_ms
-        sys = _val(buf, b + 78)
-        dia = _val(buf, b + 80)
-        mean = _val(buf, b + 82)
-        key = (sys, dia, mean)
-        if key != self._nibp_key:
-            self.nibp_time_known = self._nibp_key is not None
-            self._nibp_key = key
-            self.nibp_ms = now_ms
-            self.nibp_seq += 1
-        self.nibp_sys = sys
-        self.nibp_dia = dia
-        self.nibp_mean = mean
-        self.spo2_x100 = _val(buf, b + 124)
-        self.spo2_ms = now_ms
-        self.rr = _val(buf, b + 142)
-        self.rr_ms = now_ms
-        et = _val(buf, b + 138)
-        amb = _val(buf, b + 144)
-        self.etco2_pct_x100 = et
-        if et is None or amb is None or et < 0 or amb <= 0:
-            self.etco2_mmhg_x10 = None
-        else:
-            # et (0.01 %) x amb (0.1 mmHg) / 10**5 = mmHg; x10 for 0.1 mmHg, half up
-            self.etco2_mmhg_x10 = (et * amb + 5000) // 10000
-        self.etco2_ms = now_ms
+            # A flag: the end of a frame (if any) and the start of the next.
+            if st == _ESCAPED:  # 7D 7E: aborted frame (HDLC abort)
+                self.bytes_discarded += n + 1
+            elif st == _IN and n:
+                # The frame: record, then its checksum (8-bit sum of the record bytes).
+                m = n - 1  # record length without the checksum
+                c = 0
+                for k in range(m):
+                    c += buf[k]
+                if m < _HDR:
+                    self.bytes_discarded += n  # a fragment or noise between flags
+                elif (c & 0xFF) != buf[m]:
+                    self.frames_bad += 1
+                elif buf[0] | (buf[1] << 8) != m:  # r_len
+                    self.frames_invalid += 1
+                elif buf[14] | buf[15]:  # r_maintype other than DRI_MT_PHDB (0)
+                    self.frames_ok += 1
+                    self.records_ignored += 1
+                else:
+                    self.frames_ok += 1
+                    # A physiological record: read its displayed-values subrecords.
+                    used = False
+                    for k in range(8):
+                        d = 16 + 3 * k
+                        if buf[d + 2] == 0xFF:  # sr_type: end of the subrecord list
+                            break
+                        # sr_offset read unsigned: a negative one (>= 0x8000) lands beyond the record
+                        start = _HDR + (buf[d] | (buf[d + 1] << 8))
+                        if buf[d + 2] != _DRI_PH_DISPL or start + _PHDB > m:
+                            self.records_ignored += 1
+                            continue
+                        if buf[start + 277] & 0x0F:  # cl_drilvl_subt bits 8-11: not the basic class
+                            self.records_ignored += 1
+                            continue
+                        # The basic class values (the class data follows the 4-byte time): each an
+                        # int16, where a value below -32001 is a marker (absent).
+                        v = []
+                        for a in _AT:
+                            i = start + 4 + 2 * a
+                            x = buf[i] | (buf[i + 1] << 8)
+                            if x & 0x8000:
+                                x -= 0x10000
+                            v.append(None if x < _INVALID_LIMIT else x)
+                        hr, rr_imp, sys, dia, mean, spo2, et, rr, amb = v
+                        self.hr = hr
+                        self.rr_imp = rr_imp
+                        self.spo2_x100 = spo2
+                        self.rr = rr
+                        self.etco2_pct_x100 = et
+                        if et is None or amb is None or et < 0 or amb <= 0:
+                            self.etco2_mmhg_x10 = None
+                        else:
+                            # et (0.01 %) x amb (0.1 mmHg) / 10**5 = mmHg; x10 for 0.1 mmHg, half up
+                            self.etco2_mmhg_x10 = (et * amb + 5000) // 10000
+                        self.hr_ms = self.rr_imp_ms = self.spo2_ms = self.rr_ms = self.etco2_ms = (
+                            now_ms
+                        )
+                        if not self.nibp_seq or (sys, dia, mean) != (
+                            self.nibp_sys,
+                            self.nibp_dia,
+                            self.nibp_mean,
+                        ):
+                            # A new reading; or the first record, so its time is not known
+                            self.nibp_time_known = self.nibp_seq > 0
+                            self.nibp_ms = now_ms
+                            self.nibp_seq += 1
+                        self.nibp_sys = sys
+                        self.nibp_dia = dia
+                        self.nibp_mean = mean
+                        used = True
+                    if used:
+                        self._quiet_ms = self.record_ms = now_ms
+                        self.r_time = (
+                            buf[6] | (buf[7] << 8) | (buf[8] << 16) | (buf[9] << 24)
+                        )  # a big int on 32-bit ports after 2038 only
+            n = 0
+            st = _IN
+        self._n = n
+        self._st = st

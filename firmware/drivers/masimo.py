@@ -18,17 +18,12 @@ There is no checksum, so a line is accepted only if every field we read has exac
 expected shape and a plausible range; anything else is counted and dropped whole. Lines
 longer than ``max_line`` are dropped up to the next terminator (a stuck or wrong-baud line
 must not grow the buffer).
+
+Written for a small heap (docs/firmware.md, "Footprint"): every function costs about 100
+bytes on the node, so the line checks are one pattern matcher and one method.
 """
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):  # type: ignore[misc]
-        return x
-
-
-from ._ticks import ticks_diff
+from ._ticks import const, ticks_diff
 
 _CR = const(0x0D)
 _LF = const(0x0A)
@@ -37,68 +32,47 @@ MDC_PULS_OXIM_SAT_O2 = const(150456)
 MDC_PULS_OXIM_PULS_RATE = const(149530)
 
 
-def _int_field(v, ndig, suffix):
-    """'098%' -> 98; dashes -> -1 (absent); malformed -> None."""
-    if suffix:
-        if v[-1:] != suffix:
+def _match(v, pattern):
+    """The digits of ``v`` (a str) as an integer if ``v`` has the shape of ``pattern``
+    ("d": a decimal digit, "h": 1 to 8 hexadecimal digits, read base 16, as the whole
+    pattern; anything else literal), e.g. ("03.60%", "dd.dd%") -> 360; None if it has not.
+    A pattern of dashes in place of the digits, e.g. "--.--%", gives -1 (absent).
+
+    The line is checked and read as str: the patterns and keys are then short str
+    constants, interned names, where each bytes constant would be a heap object."""
+    if pattern == "h":
+        if not 1 <= len(v) <= 8:
             return None
-        v = v[:-1]
-    if len(v) != ndig:
-        return None
-    if v == b"-" * ndig:
-        return -1
-    n = 0
-    for c in v:
-        if not 0x30 <= c <= 0x39:
-            return None
-        n = n * 10 + c - 0x30
-    return n
-
-
-def _pi_field(v):
-    """'03.60%' -> 360 (hundredths); dashes -> -1; malformed -> None."""
-    if v[-1:] != b"%" or len(v) != 6 or v[2] != 0x2E:
-        return None
-    if v[:5] == b"--.--":
-        return -1
-    d = v[:2] + v[3:5]
-    n = 0
-    for c in d:
-        if not 0x30 <= c <= 0x39:
-            return None
-        n = n * 10 + c - 0x30
-    return n
-
-
-def _hex_field(v):
-    if not 1 <= len(v) <= 8:
-        return None
-    n = 0
-    for c in v:
-        if 0x30 <= c <= 0x39:
-            n = n * 16 + c - 0x30
-        elif 0x41 <= c <= 0x46:
-            n = n * 16 + c - 0x37
-        elif 0x61 <= c <= 0x66:
-            n = n * 16 + c - 0x57
-        else:
-            return None
-    return n
-
-
-def _shape(v, pattern):
-    # pattern: 'd' digit, anything else literal
+        n = 0
+        for c in v:
+            o = ord(c)
+            if 0x30 <= o <= 0x39:
+                n = n * 16 + o - 0x30
+            elif 0x41 <= o <= 0x46 or 0x61 <= o <= 0x66:
+                n = n * 16 + (o & 0x0F) + 9  # "A"/"a" are 0x41/0x61
+            else:
+                return None
+        return n
     if len(v) != len(pattern):
-        return False
+        return None
+    n = 0
+    dashes = True
     for i in range(len(v)):
         p = pattern[i]
         c = v[i]
-        if p == 0x64:  # 'd'
-            if not 0x30 <= c <= 0x39:
-                return False
+        if p == "d":
+            if c == "-":
+                n = -1
+                continue
+            dashes = False
+            if not "0" <= c <= "9":
+                return None
+            n = n * 10 + ord(c) - 0x30
         elif c != p:
-            return False
-    return True
+            return None
+    if n < 0:  # all digits or all dashes, nothing in between
+        return -1 if dashes else None
+    return n
 
 
 class Radical7:
@@ -106,43 +80,22 @@ class Radical7:
     last line showed it absent, with spo2_ms / pr_ms / pi_ms (tick of that line);
     alarm, exc (ints), line_ms (tick of the last accepted line), serial (bytes);
     counters lines_ok, lines_bad, lines_too_long, bytes_discarded (and frames_ok /
-    frames_bad aliases for the common interface)."""
+    frames_bad, the same counts under the common interface's names)."""
 
     def __init__(self, max_line=200, offline_ms=3000):
-        self.max_line = max_line
         self.offline_ms = offline_ms
-        self._buf = bytearray(max_line)
+        self._buf = bytearray(max_line)  # the line so far: _n bytes; _n -1: skip to CR/LF
         self._n = 0
-        self._skip = False
-        self._ever = False
-        self.spo2 = None
-        self.spo2_ms = 0
-        self.pr = None
-        self.pr_ms = 0
-        self.pi_x100 = None
-        self.pi_ms = 0
-        self.alarm = None
-        self.exc = None
-        self.serial = None
-        self.line_ms = 0
-        self.lines_ok = 0
-        self.lines_bad = 0
-        self.lines_too_long = 0
-        self.bytes_discarded = 0
-
-    @property
-    def frames_ok(self):
-        return self.lines_ok
-
-    @property
-    def frames_bad(self):
-        return self.lines_bad
+        self.spo2 = self.pr = self.pi_x100 = self.alarm = self.exc = self.serial = None
+        self.spo2_ms = self.pr_ms = self.pi_ms = self.line_ms = 0
+        self.lines_ok = self.lines_bad = self.lines_too_long = self.bytes_discarded = 0
+        self.frames_ok = self.frames_bad = 0
 
     def poll(self, now_ms):
         return None  # output-only device
 
     def online(self, now_ms):
-        return self._ever and ticks_diff(now_ms, self.line_ms) <= self.offline_ms
+        return self.lines_ok > 0 and ticks_diff(now_ms, self.line_ms) <= self.offline_ms
 
     def values(self, now_ms, max_age_ms=None):
         """{MDC code: (value, exponent, tick)} for values present and fresh."""
@@ -156,91 +109,72 @@ class Radical7:
 
     def feed(self, data, now_ms):
         buf = self._buf
+        n = self._n
         for c in data:
-            if c == _CR or c == _LF:
-                if self._skip:
-                    self._skip = False
-                elif self._n:
-                    self._line(memoryview(buf)[: self._n], now_ms)
-                self._n = 0
+            if c != _CR and c != _LF:
+                if n < 0:
+                    self.bytes_discarded += 1
+                elif n >= len(buf):
+                    self.lines_too_long += 1
+                    self.bytes_discarded += n + 1
+                    n = -1
+                else:
+                    buf[n] = c
+                    n += 1
                 continue
-            if self._skip:
-                self.bytes_discarded += 1
+            # End of a line (or of a skipped over-long one).
+            m = n
+            n = 0
+            if m <= 0:
                 continue
-            if self._n >= self.max_line:
-                self.lines_too_long += 1
-                self.bytes_discarded += self._n + 1
-                self._n = 0
-                self._skip = True
+            ok = True
+            for j in range(m):
+                if not 0x20 <= buf[j] <= 0x7E:
+                    ok = False  # not printable
+            # printable ASCII, so it decodes; one character per byte
+            parts = bytes(buf[:m]).decode().split() if ok else []
+            ok = len(parts) >= 4
+            if ok:  # date and time: digits only (no dashes: -1)
+                d = _match(parts[0], "dd/dd/dd")
+                t = _match(parts[1], "dd:dd:dd")
+                ok = d is not None and t is not None and d >= 0 and t >= 0
+            spo2 = pr = pi = alarm = exc = serial = None
+            for kv in parts[2:] if ok else ():
+                k, eq, v = kv.partition("=")
+                if not eq:
+                    ok = False
+                elif k == "SPO2":
+                    spo2 = _match(v, "ddd%")
+                    ok = spo2 is not None and spo2 <= 100
+                elif k == "BPM":
+                    pr = _match(v, "ddd")
+                    ok = pr is not None and pr <= 300
+                elif k == "PI":
+                    pi = _match(v, "dd.dd%")
+                    ok = pi is not None and pi <= 2000
+                elif k == "ALARM":
+                    alarm = _match(v, "h")
+                    ok = alarm is not None
+                elif k == "EXC":
+                    exc = _match(v, "h")
+                    ok = exc is not None
+                elif k == "SN":
+                    serial = v.encode()
+                if not ok:
+                    break
+            # A required field missing: not a reading line.
+            if not ok or spo2 is None or pr is None or pi is None or alarm is None or exc is None:
+                self.frames_bad = self.lines_bad = self.lines_bad + 1
+                self.bytes_discarded += m
                 continue
-            buf[self._n] = c
-            self._n += 1
-
-    def _bad(self, n):
-        self.lines_bad += 1
-        self.bytes_discarded += n
-
-    def _line(self, mv, now_ms):
-        n = len(mv)
-        line = bytes(mv)
-        for c in line:
-            if c < 0x20 or c > 0x7E:
-                self._bad(n)
-                return
-        parts = line.split()
-        if len(parts) < 4:
-            self._bad(n)
-            return
-        if not _shape(parts[0], b"dd/dd/dd") or not _shape(parts[1], b"dd:dd:dd"):
-            self._bad(n)
-            return
-        spo2 = pr = pi = alarm = exc = serial = None
-        for kv in parts[2:]:
-            k, eq, v = kv.partition(b"=")
-            if not eq:
-                self._bad(n)
-                return
-            if k == b"SPO2":
-                spo2 = _int_field(v, 3, b"%")
-                if spo2 is None or spo2 > 100:
-                    self._bad(n)
-                    return
-            elif k == b"BPM":
-                pr = _int_field(v, 3, b"")
-                if pr is None or pr > 300:
-                    self._bad(n)
-                    return
-            elif k == b"PI":
-                pi = _pi_field(v)
-                if pi is None or pi > 2000:
-                    self._bad(n)
-                    return
-            elif k == b"ALARM":
-                alarm = _hex_field(v)
-                if alarm is None:
-                    self._bad(n)
-                    return
-            elif k == b"EXC":
-                exc = _hex_field(v)
-                if exc is None:
-                    self._bad(n)
-                    return
-            elif k == b"SN":
-                serial = v
-        if spo2 is None or pr is None or pi is None or alarm is None or exc is None:
-            self._bad(n)  # a required field is missing: not a reading line
-            return
-        self.lines_ok += 1
-        self._ever = True
-        self.line_ms = now_ms
-        # Dashes (-1) and zeros mean "not available": reported absent, never as 0.
-        self.spo2 = spo2 if spo2 > 0 else None
-        self.spo2_ms = now_ms
-        self.pr = pr if pr > 0 else None
-        self.pr_ms = now_ms
-        self.pi_x100 = pi if pi > 0 else None
-        self.pi_ms = now_ms
-        self.alarm = alarm
-        self.exc = exc
-        if serial is not None and serial != self.serial:
-            self.serial = serial
+            self.frames_ok = self.lines_ok = self.lines_ok + 1
+            self.line_ms = self.spo2_ms = self.pr_ms = self.pi_ms = now_ms
+            # Dashes (-1) and zeros mean "not available": reported absent, never as 0.
+            self.spo2 = spo2 if spo2 > 0 else None
+            self.pr = pr if pr > 0 else None
+            self.pi_x100 = pi if pi > 0 else None
+            self.alarm = alarm
+            self.exc = exc
+            if serial is not None and serial != self.serial:
+                self.serial = serial
+        self._n = n

@@ -5,10 +5,25 @@ framing and its own CRC table cannot cancel out.
 """
 
 from firmware.drivers import ne1000
-from firmware.drivers.ne1000 import Ne1000Pump, crc16_xmodem, format_number, frame, parse_number
+from firmware.drivers.ne1000 import Ne1000Pump, format_number
 from tests.portable.harness import check_cases, raises
 
 _WRAP = 1 << 30
+
+
+def frame(cmd):
+    """The packet the driver sends for the raw command ``cmd`` (queued on an idle driver,
+    then polled): the driver has no framing function of its own, which would cost heap on
+    the node."""
+    p = Ne1000Pump(saf_s=0, bootstrap=False)
+    assert p.queue(cmd)
+    return p.poll(0)
+
+
+def crc16_xmodem(data):
+    """The driver's CRC, read back from the packet it builds."""
+    f = frame(bytes(data))
+    return (f[-3] << 8) | f[-2]
 
 
 def _crc_ref(data):
@@ -41,6 +56,9 @@ def test_saf0_frame_is_the_manuals_example():
     assert crc16_xmodem(b"123456789") == 0x31C3  # CRC-16/XMODEM check value
     assert frame(b"SAF0") == bytes([0x02, 0x08, 0x53, 0x41, 0x46, 0x30, 0x55, 0x43, 0x03])
     assert frame(b"") == bytes([0x02, 0x04, 0x00, 0x00, 0x03])  # status query
+    raises(ValueError, Ne1000Pump().queue, b"X" * 251)  # the length byte would overflow
+    assert Ne1000Pump().queue(b"X" * 250)
+    raises(ValueError, Ne1000Pump(address=1).queue, b"X" * 249)  # with the address
 
 
 def test_crc_matches_reference_on_many_inputs():
@@ -73,22 +91,35 @@ def test_format_number_four_digits():
     raises(ValueError, format_number, -1, 3)
 
 
+def parse_number(text):
+    """The driver's reading of a pump ``<float>`` in 0.001 units, through a RAT reply in
+    mL/h (so uL/h); None when the reply is refused as unreadable."""
+    p = _ready()
+    assert p.poll(20) == _pkt("DIS")
+    p.feed(_pkt("00SI0W0ML"), 21)
+    assert p.poll(1020) == _pkt("RAT")
+    p.feed(_pkt("00S" + text.decode() + "MH"), 1021)
+    assert p.frames_invalid == (p.rate_ul_h is None), text
+    return p.rate_ul_h
+
+
 def test_parse_number():
     cases = [
-        ((b"0.500", 3), 500),
-        ((b"12.5", 3), 12500),
-        ((b"1.2345", 3), 1235),
-        ((b"7", 3), 7000),
-        ((b".5", 3), 500),
-        ((b"", 3), None),
-        ((b".", 3), None),
-        ((b"1.2.3", 3), None),
-        ((b"1a", 3), None),
+        (b"0.500", 500),
+        (b"12.5", 12500),
+        (b"1.2345", 1235),
+        (b"1.2344", 1234),
+        (b"7", 7000),
+        (b".5", 500),
+        (b"", None),
+        (b".", None),
+        (b"1.2.3", None),
+        (b"1a", None),
     ]
 
     def check(case):
-        args, want = case
-        assert parse_number(*args) == want, (args, parse_number(*args))
+        text, want = case
+        assert parse_number(text) == want, (text, parse_number(text))
 
     check_cases("ne1000.parse_number", cases, check, lambda c: repr(c[0]))
 
