@@ -144,7 +144,7 @@ def mpy_costs(n: int) -> dict[str, Any]:
 RUNTIME_MODULES = (
     "protocol._const protocol.errors protocol.cbor protocol.sha512 protocol.ed25519 "
     "protocol.cose protocol.envelope protocol.replay firmware.drivers._ticks "
-    "firmware.drivers._frame firmware.mqtt.codec firmware.mqtt.client firmware.outbox "
+    "firmware.mqtt.codec firmware.mqtt.client firmware.outbox "
     "firmware.permit firmware.sentlog firmware.commands firmware.log firmware.node "
     "firmware.drivers.ne1000 firmware.drivers.masimo firmware.drivers.datex "
     "firmware.hal.uart_pty firmware.hal.watchdog firmware.runner firmware.main"
