@@ -2,8 +2,12 @@
 
 Expected bytes are written out by hand from the OASIS MQTT 3.1.1 packet layouts (§3.1,
 §3.3, §3.4, §3.8, §2.2.3), not produced by the code under test.
+
+The codec keeps no test-only helpers (its code lives in the node's heap): Remaining Length
+is checked through the encoders' header writer ``_alloc`` and through the Decoder.
 """
 
+import sys
 from binascii import hexlify, unhexlify
 
 from firmware.mqtt import codec
@@ -25,7 +29,8 @@ def _reason(reason, fn, *args):
 
 
 def test_connect_with_will_and_credentials_exact_bytes():
-    got = codec.encode_connect("node-1", 30, False, "n/status", b"\x00dead", 1, True, "user", b"pw")
+    will = ("n/status", b"\x00dead", 1, True)
+    got = codec.encode_connect("node-1", 30, False, will, "user", b"pw")
     want = _h(
         "10 2d"  # CONNECT, remaining length 45
         " 0004 4d515454 04"  # protocol name "MQTT", level 4
@@ -46,7 +51,7 @@ def test_connect_minimal_clean_session():
 
 
 def test_connect_will_qos0_no_retain_flags():
-    got = codec.encode_connect("c", 0, True, "w", b"", 0, False)
+    got = codec.encode_connect("c", 0, True, ("w", b"", 0, False))
     # flags = will flag 0x04 | clean 0x02; will message may be empty.
     assert bytes(got) == _h("10 12 0004 4d515454 04 06 0000 0001 63 0001 77 0000"), _hex(got)
 
@@ -57,11 +62,14 @@ def test_publish_qos1_dup_retain_exact_bytes():
     assert bytes(got) == _h("3b 09 0003 612f62 1234 0102"), _hex(got)
 
 
-def test_set_dup_marks_a_resend_in_place():
+def test_dup_set_in_place_marks_a_resend():
+    # The client resends the packet it keeps in its window with ``packet[0] |= 0x08``
+    # [MQTT-3.3.1-1] (firmware/mqtt/client.py, _FLAG_DUP): the result is the DUP packet.
     pkt = codec.encode_publish("a/b", b"\x01\x02", 1, False, False, 7)
     assert pkt[0] == 0x32
-    codec.set_dup(pkt)
+    pkt[0] |= 0x08
     assert bytes(pkt) == _h("3a 09 0003 612f62 0007 0102"), _hex(pkt)
+    assert pkt == codec.encode_publish("a/b", b"\x01\x02", 1, False, True, 7)
 
 
 def test_publish_qos0_has_no_packet_id():
@@ -93,35 +101,65 @@ _VARINTS = [
     (2097152, "80808001"),
     (268435455, "ffffff7f"),
 ]
+# The encoder allocates the whole packet: edges up to 2 MiB under CPython, 16 KiB under
+# MicroPython (a 2 MiB heap); the 4-byte maximum only through the decoder.
+_ENCODE_MAX = 16384 if sys.implementation.name == "micropython" else 2097152
+
+
+def _connacked(max_packet=4096):
+    """A Decoder past the CONNACK every stream starts with [MQTT-3.2.0-1]."""
+    d = codec.Decoder(max_packet)
+    pkt, i = d.feed(_h("20 02 0000"))
+    assert pkt == (codec.CONNACK, 0, 0) and i == 4
+    return d
 
 
 def test_remaining_length_round_trip_edges():
     def case(c):
         n, hx = c
-        enc = codec.encode_remaining_length(n)
-        assert enc == _h(hx), _hex(enc)
-        assert codec.varint_size(n) == len(enc)
-        assert codec.decode_remaining_length(enc + b"\x55") == (n, len(enc))
-        assert codec.decode_remaining_length(b"\x99" + enc, 1) == (n, 1 + len(enc))
+        enc = _h(hx)
+        if n <= _ENCODE_MAX:
+            buf, pos = codec._alloc(0x30, n)
+            assert len(buf) == 1 + len(enc) + n and pos == 1 + len(enc)
+            assert buf[0] == 0x30 and bytes(buf[1:pos]) == enc, _hex(buf[:pos])
+        # Decoding: the packet is exactly 1 + len(enc) + n bytes, so a limit of that size
+        # accepts the header (and waits for the body), one byte less refuses it.
+        if n == 0:
+            assert _connacked().feed(b"\xd0" + enc) == ((codec.PINGRESP,), 2)
+        else:
+            size = 1 + len(enc) + n
+            assert _connacked(size).feed(b"\x30" + enc) == (None, 1 + len(enc))
+            _reason("mqtt.too_large", _connacked(size - 1).feed, b"\x30" + enc)
 
     check_cases("mqtt_varint", _VARINTS, case, lambda c: str(c[0]))
 
 
+class _Huge:
+    # A payload that claims to be 268,435,455 bytes: the size check must fire before any
+    # allocation or copy.
+    def __len__(self):
+        return 268435455
+
+
 def test_remaining_length_rejections():
-    _reason("mqtt.too_large", codec.encode_remaining_length, 268435456)
-    _reason("mqtt.too_large", codec.encode_remaining_length, -1)
-    _reason("mqtt.malformed", codec.decode_remaining_length, _h("ffffffff7f"))  # 5 bytes
-    _reason("mqtt.malformed", codec.decode_remaining_length, _h("8080808001"))
-    _reason("mqtt.malformed", codec.decode_remaining_length, _h("8000"))  # overlong 0
-    _reason("mqtt.malformed", codec.decode_remaining_length, _h("ff8000"))  # overlong 127
-    _reason("mqtt.truncated", codec.decode_remaining_length, _h("ff"))
-    _reason("mqtt.truncated", codec.decode_remaining_length, b"")
+    # Encoder: over the 4-byte Remaining Length limit [§2.2.3], and over a caller's limit.
+    _reason("mqtt.too_large", codec.encode_publish, "t", _Huge(), 0)
+    _reason("mqtt.too_large", codec.encode_publish, "t", bytes(60), 0, False, False, 0, 64)
+    assert len(codec.encode_publish("t", bytes(59), 0, False, False, 0, 64)) == 64
+    # Decoder: five length bytes, and overlong (non-minimal) encodings.
+    for hx in ("ffffffff7f", "8080808001", "8000", "ff8000"):
+        _reason("mqtt.malformed", _connacked(1 << 29).feed, _h("30" + hx))
+    # A length split over feeds waits for its next byte (the decoder's "truncated" case).
+    d = _connacked()
+    assert d.feed(_h("30 ff")) == (None, 2)
+    assert d.feed(_h("01")) == (None, 1)  # 255
+    pkt, i = d.feed(_h("0001 74") + bytes(252))
+    assert i == 255 and pkt[:2] == (codec.PUBLISH, "t") and len(pkt[2]) == 252
 
 
 def test_decoder_rejects_bad_lengths_incrementally():
     def feed(data):
-        d = codec.Decoder(1 << 29)
-        return d.feed(data)
+        return _connacked(1 << 29).feed(data)
 
     _reason("mqtt.malformed", feed, _h("30 ffffffff7f"))  # fifth length byte
     _reason("mqtt.malformed", feed, _h("d0 8000"))  # overlong PINGRESP length
@@ -205,11 +243,11 @@ def test_decoder_one_byte_at_a_time_and_end_index():
 
 def test_decoder_rejects_oversize_from_the_header_alone():
     # Only the fixed header is supplied: the limit is enforced before any body is buffered.
-    d = codec.Decoder(64)
+    d = _connacked(64)
     _reason("mqtt.too_large", d.feed, _h("30 3f"))  # 1 + 1 + 63 = 65 > 64
-    _reason("mqtt.too_large", codec.Decoder(64).feed, _h("30 ffffff7f"))
-    _reason("mqtt.too_large", codec.Decoder(4096).feed, _h("90 ff7f"))
-    d = codec.Decoder(64)
+    _reason("mqtt.too_large", _connacked(64).feed, _h("30 ffffff7f"))
+    _reason("mqtt.too_large", _connacked(4096).feed, _h("90 ff7f"))
+    d = _connacked(64)
     pkt, i = d.feed(_h("30 3e 0001 74") + bytes(59))  # exactly 64 bytes: accepted
     assert pkt[0] == codec.PUBLISH and len(pkt[2]) == 59 and i == 64
 
@@ -246,9 +284,23 @@ def test_decoder_rejects_malformed_packets():
 
     def case(c):
         hx, reason = c
-        _reason(reason, codec.Decoder().feed, _h(hx))
+        # CONNACK cases are a stream's first packet; the others follow an accepted CONNACK.
+        d = codec.Decoder() if hx[0] == "2" else _connacked()
+        _reason(reason, d.feed, _h(hx))
 
     check_cases("mqtt_malformed", cases, case, lambda c: c[0])
+
+
+def test_decoder_connack_comes_first_and_once():
+    # [MQTT-3.2.0-1]: the server's first packet is a CONNACK, and there is only one.
+    for hx in ("40 02 0001", "d0 00", "30 03 0001 61", "90 03 0001 00", "b0 02 0001"):
+        _reason("mqtt.unexpected", codec.Decoder().feed, _h(hx))
+    d = _connacked()
+    _reason("mqtt.unexpected", d.feed, _h("20 02 0000"))
+    # reset() starts a new stream (a new connection): a CONNACK first again.
+    d.reset()
+    assert d.feed(_h("20 02 0100")) == ((codec.CONNACK, 1, 0), 4)
+    assert d.feed(_h("d0 00")) == ((codec.PINGRESP,), 2)
 
 
 def test_encoders_reject_bad_arguments():
@@ -265,9 +317,11 @@ def test_encoders_reject_bad_arguments():
     _reason("mqtt.bad_argument", codec.encode_subscribe, 1, [("a", 2)])
     _reason("mqtt.bad_argument", codec.encode_connect, "", 60, False)
     _reason("mqtt.bad_argument", codec.encode_connect, "c", 65536, True)
-    _reason("mqtt.bad_argument", codec.encode_connect, "c", 1, True, None, b"", 0, 0, None, b"p")
-    _reason("mqtt.bad_topic", codec.encode_connect, "c", 1, True, "w/#", b"")
-    _reason("mqtt.bad_argument", codec.encode_connect, "c", 1, True, "w", b"", 2)
+    _reason("mqtt.bad_argument", codec.encode_connect, "c", 1, True, None, None, b"p")
+    _reason("mqtt.bad_topic", codec.encode_connect, "c", 1, True, ("w/#", b"", 0, False))
+    _reason("mqtt.bad_argument", codec.encode_connect, "c", 1, True, ("w", b"", 2, False))
+    _reason("mqtt.bad_argument", codec.encode_connect, "c", 1, True, ("w", bytes(65536), 0, 0))
+    _reason("mqtt.bad_argument", codec.encode_connect, "c", 1, True, None, "u", bytes(65536))
     _reason("mqtt.bad_argument", codec.encode_publish, "x" * 65536, b"", 0)
 
 
@@ -275,11 +329,12 @@ def test_topic_filters():
     good = ["a", "a/+/b", "+", "#", "a/#", "+/+", "/", "a//b", "+/#"]
     bad = ["", "a#", "a/#/b", "a+", "+a", "a/b+", "##", "a\x00"]
 
+    # Checked where the node checks them: encoding the SUBSCRIBE (MQTTClient.subscribe too).
     def ok(f):
-        codec.check_topic_filter(f.encode())
+        codec.encode_subscribe(1, [(f, 0)])
 
     def rejected(f):
-        _reason("mqtt.bad_topic", codec.check_topic_filter, f.encode())
+        _reason("mqtt.bad_topic", codec.encode_subscribe, 1, [(f, 0)])
 
     check_cases("mqtt_filters", good, ok, lambda f: repr(f))
     check_cases("mqtt_filters", bad, rejected, lambda f: repr(f))
