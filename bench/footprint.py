@@ -142,7 +142,7 @@ def mpy_costs(n: int) -> dict[str, Any]:
 # What the running node keeps, in the order it imports it (firmware/boot.py), then what boot
 # loads and unloads again.
 RUNTIME_MODULES = (
-    "protocol._const protocol.errors protocol.cbor protocol.sha512 protocol.ed25519 "
+    "protocol.errors protocol.cbor protocol.sha512 protocol.ed25519 "
     "protocol.cose protocol.envelope protocol.replay firmware.drivers._ticks "
     "firmware.mqtt.codec firmware.mqtt.client firmware.outbox "
     "firmware.permit firmware.sentlog firmware.commands firmware.log firmware.node "

@@ -16,6 +16,9 @@ import sys
 import time
 
 from firmware import unload
+from protocol import const
+
+_ENCODE_BUFFER = const(384)  # bytes: a telemetry packet is ~270, a birth ~150
 
 _SERIAL = {  # role -> (baud, bits, parity, stop) defaults from docs/devices.md
     "pump": (19200, 8, None, 1),
@@ -108,8 +111,11 @@ def build(base):
         )
     )
     gc.collect()
-    from protocol import cose
+    from protocol import cbor, cose
 
+    # One encode buffer for the node's life, taken while the heap is still in one piece:
+    # a packet then needs one contiguous allocation (its bytes), not a growing buffer.
+    cbor.use_scratch(bytearray(_ENCODE_BUFFER))
     signer = cose.Ed25519Signer(s.node_key)
     verifier = cose.Ed25519Verifier(s.gateway_pub)
     unload(("protocol._ed25519_setup",))  # the keys are expanded, the tables built

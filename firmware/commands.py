@@ -16,8 +16,7 @@ move it.
 """
 
 from firmware.drivers._ticks import ticks_diff
-from protocol import cbor, cose
-from protocol._const import const
+from protocol import cbor, const, cose
 from protocol.envelope import validate_command
 from protocol.errors import ProtocolError
 from protocol.replay import DUPLICATE, STALE, ReplayWindow

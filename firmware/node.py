@@ -23,8 +23,7 @@ from firmware.drivers._ticks import ticks_add, ticks_diff
 from firmware.outbox import Outbox
 from firmware.permit import Permit
 from firmware.sentlog import SentLog
-from protocol import cbor, cose
-from protocol._const import const
+from protocol import cbor, const, cose
 from protocol.envelope import envelope
 
 FIRMWARE_VERSION = "0.1.0"

@@ -25,7 +25,7 @@ try:
 except ImportError:  # pragma: no cover
     import uos as os  # type: ignore
 
-from protocol._const import const
+from protocol import const
 
 _CRITICAL = const(1)
 _HEADER = const(3)

@@ -21,6 +21,7 @@ PACKAGES = ("protocol", "firmware")
 # the line tables of the node's modules take about 3 KB of a 128 KiB heap. Tracebacks then
 # name the file and function but show line 1 (docs/firmware.md, "Footprint").
 MPY_FLAGS = ("-X", "no-source-lines")
+_NAMING = "dotted"  # source names (see _source_name); part of the build stamp
 _STAMP = ".mpy-cross-flags"
 
 
@@ -44,13 +45,24 @@ def sources(root: Path = ROOT) -> list[Path]:
     return out
 
 
+def _source_name(rel: Path) -> str:
+    """The name tracebacks show for a module: its dotted import name ("firmware.node"),
+    which the interpreter has interned anyway when it imports the module; a path such as
+    "firmware/node.py" would be one more string per module in RAM (docs/firmware.md,
+    "Footprint")."""
+    parts = rel.with_suffix("").parts
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
 def build(out_dir: Path | None = None, root: Path = ROOT) -> Path:
     """Compile every module into ``out_dir`` (default build/mpy), only when out of date."""
     out = Path(out_dir) if out_dir else root / "build" / "mpy"
     exe = mpy_cross()
     # A build made with other flags is out of date as a whole, whatever the file times say.
     stamp = out / _STAMP
-    flags = " ".join(MPY_FLAGS)
+    flags = " ".join(MPY_FLAGS + (_NAMING,))
     rebuild = not stamp.exists() or stamp.read_text() != flags
     for src in sources(root):
         rel = src.relative_to(root)
@@ -58,7 +70,7 @@ def build(out_dir: Path | None = None, root: Path = ROOT) -> Path:
         if not rebuild and dst.exists() and dst.stat().st_mtime >= src.stat().st_mtime:
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
-        r = subprocess.run([exe, *MPY_FLAGS, "-o", str(dst), "-s", str(rel), str(src)],
+        r = subprocess.run([exe, *MPY_FLAGS, "-o", str(dst), "-s", _source_name(rel), str(src)],
                            capture_output=True, text=True)
         if r.returncode != 0:
             raise BuildError("mpy-cross failed on %s: %s" % (rel, r.stderr.strip()))

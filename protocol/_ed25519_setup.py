@@ -7,7 +7,7 @@ verify with a precomputed table) never needs it. ed25519.py imports it when firs
 so CPython callers see no difference. The algorithms are described in ed25519.py.
 """
 
-from protocol._const import const
+from protocol import const
 from protocol.ed25519 import (
     _D,
     _D2,

@@ -21,8 +21,7 @@ the pure-Python Ed25519 one (the node's); gateway/cose_keys.py provides ``crypto
 ones. A *signer* has ``alg`` and ``sign(data) -> bytes``.
 """
 
-from protocol import cbor, ed25519
-from protocol._const import const
+from protocol import cbor, const, ed25519
 from protocol.errors import DecodeError, SignatureError
 
 TAG_SIGN1 = const(18)

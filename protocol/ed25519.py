@@ -40,7 +40,7 @@ needs it only at boot and unloads it afterwards: signing and verifying with a pr
 table need nothing from it (docs/firmware.md, "Footprint").
 """
 
-from protocol._const import const
+from protocol import const
 from protocol.errors import ProtocolError
 from protocol.sha512 import SHA512
 

@@ -13,7 +13,7 @@ protocol.schema's public names, and tests/test_envelope.py that every result and
 (reason and detail) equals the table-driven form's.
 """
 
-from protocol._const import const
+from protocol import const
 from protocol.errors import SchemaError
 
 _K_TYPE = const(0)

@@ -5,7 +5,7 @@ and the 11073-10101 dimension table for units. Codes are numbers on the wire; th
 are for people and for the gateway's JSON outputs.
 """
 
-from protocol._const import const
+from protocol import const
 
 # Physiological quantities
 SPO2 = const(150456)  # MDC_PULS_OXIM_SAT_O2

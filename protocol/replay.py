@@ -19,7 +19,7 @@ only once the message has been verified (and, on the gateway, durably stored), s
 packet can never move the window.
 """
 
-from protocol._const import const
+from protocol import const
 
 NEW = const(0)
 DUPLICATE = const(1)

@@ -22,8 +22,7 @@ command tables are there, and ``TYPE_NAMES`` and ``envelope``); this module adds
 types the gateway receives.
 """
 
-from protocol import mdc
-from protocol._const import const
+from protocol import const, mdc
 from protocol.envelope import TYPE_NAMES as TYPE_NAMES  # re-exported
 from protocol.envelope import envelope as envelope  # re-exported
 from protocol.envelope import validate_command

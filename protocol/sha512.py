@@ -14,7 +14,7 @@ concatenated copy of a large message.
 import hashlib
 import struct
 
-from protocol._const import const
+from protocol import const
 
 _BLOCK = const(128)  # bytes per SHA-512 block (FIPS 180-4 §1)
 _M64 = 0xFFFFFFFFFFFFFFFF

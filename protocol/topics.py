@@ -13,7 +13,7 @@ The node id is the first thing a broker ACL keys on (``%c``/``%u``), so it is on
 level and may contain only ``[A-Za-z0-9_-]``: no wildcard, separator or ``$`` can sneak in.
 """
 
-from protocol._const import const
+from protocol import const
 from protocol.errors import TopicError
 
 PREFIX = "ivgw/v1"

@@ -7,7 +7,7 @@ module, so a node loads only the kind of port it uses (docs/firmware.md, "Footpr
 
 import select
 
-from protocol._const import const
+from protocol import const
 
 _VTIME = const(5)
 _VMIN = const(6)

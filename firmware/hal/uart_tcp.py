@@ -6,7 +6,7 @@ silence, exactly as with an unplugged cable.
 import select
 import socket
 
-from protocol._const import const
+from protocol import const
 
 _READ = const(256)  # bytes per read at most
 

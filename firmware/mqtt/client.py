@@ -36,7 +36,7 @@ import asyncio
 from time import ticks_diff, ticks_ms
 
 from firmware.mqtt import codec
-from protocol._const import const
+from protocol import const
 
 # MQTT numbers from firmware/mqtt/codec.py, as folded private copies: each imported name
 # would be one more global on the node's heap (tests/test_const_copies.py checks them).

@@ -19,7 +19,7 @@ bytecode), and one error detail serves every case it describes exactly (``"lengt
 type %d"`` for every packet type). Nothing only the tests need lives here.
 """
 
-from protocol._const import const
+from protocol import const
 from protocol.errors import ProtocolError
 
 

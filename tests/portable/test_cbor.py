@@ -361,3 +361,48 @@ def test_every_rejection_reason_is_documented():
     seen.add(_reason(b"\x83\x00\x00\x00", max_items=2))
     seen.add(_reason(b"\x00\x00", max_size=1))
     assert seen == set(REASONS), seen ^ set(REASONS)
+
+
+def _bytewise_dict(d):
+    """The RFC 8949 §4.2.1 encoding of a map built the slow way: every key encoded on its
+    own, the encodings sorted bytewise (the oracle for dumps' integer-key path)."""
+    pairs = sorted((dumps(k), dumps(v)) for k, v in d.items())
+    assert len(pairs) < 24
+    out = bytearray([0xA0 | len(pairs)])
+    for k, v in pairs:
+        out.extend(k)
+        out.extend(v)
+    return bytes(out)
+
+
+def test_integer_keys_sort_as_their_encodings():
+    keys = [2**63, 65536, 0, 255, 23, 2**32, 24, 256, 65535, 1, 2**32 - 1, 2**64 - 1]
+    d = {}
+    for i, k in enumerate(keys):
+        d[k] = i
+    assert dumps(d) == _bytewise_dict(d)
+    assert dumps({1: {3: 0, 2: 0}, 0: [{5: 1, 4: 2}]}) == _h("a2" + "0081a204020501" + "01a202000300")
+    # other keys take the general path: negatives sort after every non-negative key
+    mixed = {-1: 0, 30: 1, 2**40: 2, "a": 3, -25: 4}
+    assert dumps(mixed) == _bytewise_dict(mixed)
+    assert raises(EncodeError, dumps, {True: 1}).reason == "cbor.unencodable"
+    assert raises(EncodeError, dumps, {2**64: 1}).reason == "cbor.unencodable"
+
+
+def test_scratch_buffer_gives_the_same_bytes():
+    from protocol import cbor
+
+    values = [{1: [b"x" * 40, "y"], 0: -5}, [1, 2, 3], b"z" * 300, {}]
+    plain = [dumps(v) for v in values]
+    scratch = bytearray(64)
+    cbor.use_scratch(scratch)
+    try:
+        assert [dumps(v) for v in values] == plain
+        raises(EncodeError, dumps, {1: [1, 2, object()]})  # a failure half way through
+        assert dumps([7]) == _h("8107")  # the next packet starts from an empty buffer
+        first = dumps(b"ab")
+        dumps(b"cd")
+        assert first == _h("426162")  # results are copies, never views of the buffer
+    finally:
+        cbor.use_scratch(None)
+    assert dumps([7]) == _h("8107")
