@@ -46,6 +46,7 @@ from testbed.bench import Bench  # noqa: E402
 from testbed.chair import EmulatedChair  # noqa: E402
 from testbed.dut import EmulatedNode  # noqa: E402
 
+SESSION_MIN = 60  # minutes of infusion in a footprint session (accelerated by --speed)
 QUIET_BROKER = ("log_type none", "log_type error", "log_type warning")
 _PROBE = """
 import gc
@@ -245,10 +246,12 @@ def session(work: Path, heap: str, speed: float, probe: bool = False) -> dict[st
             chair.node.start()
         _node_up(chair, 30)
         bench.wait_online(15)
-        bench.start_infusion(chair)
-        infusion_s = 35000 / 52500 * 3600 / speed  # the reference program (bench.py)
+        # A 60-minute session (the longest the ketamine protocol runs): 52.5 mL at 52.5 mL/h.
+        bench.start_infusion(chair, duration=str(SESSION_MIN))
+        volume_ul = 52500 * SESSION_MIN // 60
+        infusion_s = SESSION_MIN * 60 / speed
         deadline = time.monotonic() + infusion_s + 30
-        while not (not chair.pump.running() and chair.pump.true_infused_ul() > 34000):
+        while not (not chair.pump.running() and chair.pump.true_infused_ul() > volume_ul * 0.98):
             if not chair.node.alive():
                 raise benchlib.BenchError(
                     "node died mid-session: %s" % " | ".join(chair.node.lines[-3:])

@@ -11,7 +11,7 @@ ever carry the gateway's or a central system's rights, and the other way round.
 Why ECDSA P-256 everywhere: the node's MicroPython TLS (mbedTLS) handles it, handshakes are
 cheap on a small board, and OpenSSL (Mosquitto, paho) handles it too. Keys are written as
 one PEM block each (SEC1 for keys) because the node decodes the first PEM block itself
-(firmware/mqtt/client.py ``_der``).
+(firmware/mqtt/_setup.py ``tls_context``).
 
 Validity: the CA 10 years, leaf certificates 825 days; ``ivgw broker-config`` re-issues a
 leaf that expires within 30 days. Private keys are written readable by their owner only.

@@ -1,5 +1,6 @@
-"""Scenario 1: a normal 40-minute ketamine session, accelerated 40x (the pump's plunger
-moves 40x faster; permits, watchdogs and serial timing run in real time)."""
+"""Scenario 1: a normal 60-minute ketamine session (the longest the protocol runs),
+accelerated 60x (the pump's plunger moves 60x faster; permits, watchdogs and serial timing
+run in real time), in the node heap the firmware is held to."""
 
 from __future__ import annotations
 
@@ -15,20 +16,20 @@ SESSION_HEAP = "160k"
 
 
 def test_normal_session_delivers_the_programmed_dose_and_loses_no_packet(make_bench):
-    bench = make_bench(1, speed=40.0, chair_kwargs={"heap": SESSION_HEAP})
+    bench = make_bench(1, speed=60.0, chair_kwargs={"heap": SESSION_HEAP})
     bench.wait_online()
     chair = bench.chairs[0]
     t0 = time.monotonic()
-    res = bench.start_infusion(chair)
+    res = bench.start_infusion(chair, duration="60")
     sid = res["session"]
-    # 35 mL at 52.5 mL/h is 40 min of infusion: 60 s at 40x.
+    # 52.5 mL at 52.5 mL/h is 60 min of infusion: 60 s at 60x.
     bench.wait_for("the pump to finish the programmed volume",
-                   lambda: not chair.pump.running() and chair.pump.true_infused_ul() > 34000,
+                   lambda: not chair.pump.running() and chair.pump.true_infused_ul() > 51500,
                    timeout=120)
     elapsed = time.monotonic() - t0
     delivered = chair.pump.true_infused_ul()
-    error_pct = abs(delivered - 35000) / 35000 * 100
-    figure("dose delivered", "%.1f uL of 35000 uL programmed (error %.3f %%), %.1f s real time"
+    error_pct = abs(delivered - 52500) / 52500 * 100
+    figure("dose delivered", "%.1f uL of 52500 uL programmed (error %.3f %%), %.1f s real time"
            % (delivered, error_pct, elapsed))
     assert error_pct <= 1.0
     st = bench.wait_for("the gateway to close the session",
@@ -49,7 +50,7 @@ def test_normal_session_delivers_the_programmed_dose_and_loses_no_packet(make_be
     # The session record is complete: program, permits, start, acks, completion.
     sess = conn.execute("SELECT state, started_at, ended_at, rate_ul_h, vtbi_ul FROM sessions "
                         "WHERE id = ?", (sid,)).fetchone()
-    assert sess[0] == "completed" and sess[1] and sess[2] and sess[3:] == (52500, 35000)
+    assert sess[0] == "completed" and sess[1] and sess[2] and sess[3:] == (52500, 52500)
     cmds = conn.execute("SELECT kind, ack_result FROM commands WHERE session_id = ?",
                         (sid,)).fetchall()
     kinds = [k for k, _ in cmds]

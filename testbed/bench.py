@@ -227,9 +227,12 @@ class Bench:
                              "duration_min": duration, "diameter_cmm": 2670,
                              "operator": operator})["result"]
 
-    def start_infusion(self, chair: EmulatedChair, timeout: float = 20.0) -> dict[str, Any]:
+    def start_infusion(self, chair: EmulatedChair, timeout: float = 20.0,
+                       duration: str = "40") -> dict[str, Any]:
+        """Program the reference session (``duration`` minutes at 0.75 mg/kg/h for 70 kg,
+        1 mg/mL: 52.5 mL/h) and start it."""
         # The node must have loaded the program into the pump before a start is accepted.
-        sess = self.program_standard(chair)["session"]
+        sess = self.program_standard(chair, duration=duration)["session"]
         chair.node.expect(r"CMD program ok", timeout)
         self.wait_for("pump loaded with session %d" % sess,
                       lambda: chair.pump.target_ul > 0, timeout)
