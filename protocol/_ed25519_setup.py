@@ -1,26 +1,42 @@
-"""Ed25519 key setup: point decoding (RFC 8032 §5.1.3), the subgroup check, comb tables and
-the variable-base multiplication.
+"""Ed25519 key setup: key expansion (RFC 8032 §5.1.5), point decoding (§5.1.3), the
+subgroup check, comb tables and the variable-base multiplication; and the one-shot
+``public_key``, ``sign`` and ``verify``, which set up a key on every call.
 
 Split from protocol/ed25519.py because a node runs this code only at boot, when it expands
 its keys; afterwards it unloads the module (firmware/boot.py), and the hot path (sign, and
-verify with a precomputed table) never needs it. ed25519.py imports it when first needed,
-so CPython callers see no difference. The algorithms are described in ed25519.py.
+verify with a precomputed table) never needs it. ed25519.py imports it when first needed
+and its module ``__getattr__`` forwards to it (``ed25519.verify`` is the function here), so
+CPython callers see no difference. The algorithms are described in ed25519.py.
 """
 
 from protocol import const
 from protocol.ed25519 import (
-    _D,
-    _D2,
     _IDENTITY,
+    _L,
     _P,
-    _SQRTM1,
+    SigningKey,
     _add,
-    _cached,
+    _base_table,
+    _comb_mul,
     _dbln,
+    _encode,
     _inv,
+    _is_buf,
     _pow2_250_1,
     _sqn,
+    _verify,
 )
+from protocol.errors import ProtocolError
+from protocol.sha512 import SHA512
+
+# Curve constants (RFC 8032 §5.1) that only key setup needs: d = -121665/121666, 2d,
+# sqrt(-1) = 2^((p-1)/4) and B = (x, 4/5) with x even, as an extended point.
+_D = 37095705934669439343138083508754565189542113879843219016388785533085940283555
+_D2 = 16295367250680780974490674513165176452449235426866156013048779062215315747161  # 2d
+_SQRTM1 = 19681161376707505956807079304988542015446066515923890162744021073123829784752
+_BX = 15112221349535400772501151409588531511454012693041857206046113283949847762202
+_BY = 46316835694926478169428394003475163141307993866256225615783033603165251855960
+_B = (_BX, _BY, 1, _BX * _BY % _P)
 
 # The comb geometry of ed25519.py (const() names are not module attributes on MicroPython;
 # tests/test_const_copies.py checks the two files agree).
@@ -36,6 +52,12 @@ def _pow22523(z):
     """z^((p-5)/8) = z^(2^252 - 3), the exponent of the RFC 8032 §5.1.3 square root."""
     t, _ = _pow2_250_1(z)
     return _sqn(t, 2) * z % _P
+
+
+def _cached(pt):
+    p = _P
+    x, y, z, t = pt
+    return ((y + x) % p, (y - x) % p, 2 * z % p, t * _D2 % p)
 
 
 def _neg(pt):
@@ -166,3 +188,55 @@ def _store_affine(out, batch):
         out[off : off + 32] = ((y + x) % p).to_bytes(32, "little")
         out[off + 32 : off + 64] = ((y - x) % p).to_bytes(32, "little")
         out[off + 64 : off + 96] = (x * y % p * _D2 % p).to_bytes(32, "little")
+
+
+def _expand(seed):
+    """SigningKey's setup (RFC 8032 §5.1.5): (scalar mod L, prefix, public key)."""
+    if not _is_buf(seed) or len(seed) != 32:
+        raise ProtocolError("ed25519.bad_seed", "seed must be 32 bytes")
+    h = SHA512(seed).digest()
+    a = int.from_bytes(h[:32], "little")
+    a &= (1 << 254) - 8  # clear the 3 low bits and bit 255
+    a |= 1 << 254  # set bit 254
+    a %= _L  # [a]B == [a mod L]B, and S is computed mod L anyway
+    return a, h[32:], _encode(_comb_mul(((_base_table(), a),)))
+
+
+def _verifying_key(public, precompute):
+    """VerifyingKey's setup: (public key bytes, -A or None, comb table of -A or None)."""
+    if not _is_buf(public) or len(public) != 32:
+        raise ProtocolError("ed25519.bad_public_key", "public key must be 32 bytes")
+    a = _decode(public)
+    if a is None:
+        raise ProtocolError("ed25519.bad_public_key", "not a valid point encoding")
+    neg = _neg(a)
+    _base_table()
+    # The comb computes [k mod L](-A); that equals [k](-A) only if L*A = 0. With the table,
+    # verification never needs -A itself: the key does not keep it (4 big ints).
+    if precompute and _is_identity(_mul_var(_L, a)):
+        return bytes(public), None, _comb_table(neg)
+    return bytes(public), neg, None
+
+
+def public_key(seed):
+    """The 32-byte public key of a 32-byte seed (RFC 8032 §5.1.5)."""
+    return SigningKey(seed).public
+
+
+def sign(seed, msg):
+    """Sign msg with a 32-byte seed; byte-identical to RFC 8032 §5.1.6."""
+    return SigningKey(seed).sign(msg)
+
+
+def verify(public, msg, sig):
+    """RFC 8032 §5.1.7 verification; False (never an exception) for any invalid input."""
+    if not (_is_buf(public) and _is_buf(msg) and _is_buf(sig)):
+        return False
+    if len(public) != 32 or len(sig) != 64:
+        return False
+    if int.from_bytes(sig[32:], "little") >= _L:  # cheap rejection before decoding A
+        return False
+    a = _decode(public)
+    if a is None:
+        return False
+    return _verify(bytes(public), _neg(a), None, msg, sig)

@@ -143,23 +143,27 @@ def _utf8_ok(b):
         if c < 0x80:
             i += 1
             continue
-        # (continuation count, allowed range of the second byte), RFC 3629 §4 table
-        if 0xC2 <= c <= 0xDF:
-            need, lo, hi = 1, 0x80, 0xBF
-        elif c == 0xE0:
-            need, lo, hi = 2, 0xA0, 0xBF  # no overlongs
-        elif c == 0xED:
-            need, lo, hi = 2, 0x80, 0x9F  # no surrogates U+D800..DFFF
-        elif 0xE1 <= c <= 0xEF:
-            need, lo, hi = 2, 0x80, 0xBF
-        elif c == 0xF0:
-            need, lo, hi = 3, 0x90, 0xBF  # no overlongs
-        elif 0xF1 <= c <= 0xF3:
-            need, lo, hi = 3, 0x80, 0xBF
-        elif c == 0xF4:
-            need, lo, hi = 3, 0x80, 0x8F  # nothing above U+10FFFF
-        else:
+        # (continuation count, allowed range of the second byte), RFC 3629 §4 table:
+        #   C2..DF 80..BF | E0 A0..BF | E1..EC, EE..EF 80..BF | ED 80..9F |
+        #   F0 90..BF | F1..F3 80..BF | F4 80..8F; any other lead byte is ill-formed
+        if c < 0xC2 or c > 0xF4:
             return False
+        lo = 0x80
+        hi = 0xBF
+        if c < 0xE0:
+            need = 1
+        elif c < 0xF0:
+            need = 2
+            if c == 0xE0:
+                lo = 0xA0  # no overlongs
+            elif c == 0xED:
+                hi = 0x9F  # no surrogates U+D800..DFFF
+        else:
+            need = 3
+            if c == 0xF0:
+                lo = 0x90  # no overlongs
+            elif c == 0xF4:
+                hi = 0x8F  # nothing above U+10FFFF
         if i + need >= n:
             return False
         c = b[i + 1]
@@ -228,10 +232,6 @@ def _enc_key(k):
     return bytes(kb)
 
 
-def _first(pair):
-    return pair[0]
-
-
 def _enc(buf, obj, depth):
     # True/False first: bool is an int subclass on CPython (not on MicroPython).
     if obj is None:
@@ -272,7 +272,9 @@ def _enc(buf, obj, depth):
                 _enc(buf, obj[k], depth - 1)
             return
         pairs = [(_enc_key(k), v) for k, v in obj.items()]
-        pairs.sort(key=_first)  # bytewise order of encoded keys, RFC 8949 §4.2.1
+        # Bytewise order of encoded keys, RFC 8949 §4.2.1. Distinct keys have distinct
+        # encodings, so sorting the pairs never compares two values.
+        pairs.sort()
         for kb, v in pairs:
             buf.extend(kb)
             _enc(buf, v, depth - 1)

@@ -34,26 +34,24 @@ Not constant-time: big-int arithmetic and table indexing leak timing on any Pyth
 signing key never leaves the node and the packets are public, but a co-resident attacker
 timing many signatures is out of scope for this implementation.
 
-Key setup (point decoding, the subgroup check, building comb tables, the variable-base
-multiplication) lives in protocol/_ed25519_setup.py, imported when first needed. A node
-needs it only at boot and unloads it afterwards: signing and verifying with a precomputed
-table need nothing from it (docs/firmware.md, "Footprint").
+Key setup (key expansion and decoding, the subgroup check, building comb tables, the
+variable-base multiplication, and the curve constants only these need: d, 2d, sqrt(-1) and
+B) lives in protocol/_ed25519_setup.py, imported when first needed. So do the one-shot
+``public_key``, ``sign`` and ``verify``, which expand or decode a key on every call (tests,
+benchmarks; the node and the gateway keep key objects). A node needs that module only at
+boot and unloads it afterwards: signing and verifying with a precomputed table need nothing
+from it (docs/firmware.md, "Footprint"). Everything moved there stays reachable here
+(``ed25519.verify``, ``ed25519._D``...) through the module ``__getattr__``.
 """
 
 from protocol import const
-from protocol.errors import ProtocolError
 from protocol.sha512 import SHA512
 
-# Curve constants (RFC 8032 §5.1): p, L, d = -121665/121666, sqrt(-1) = 2^((p-1)/4) and
-# B = (x, 4/5) with x even. Big ints cannot be const() on every port: plain globals, copied
-# into locals in the hot functions.
+# Curve constants (RFC 8032 §5.1) the hot path needs: p and L; the others (d, 2d, sqrt(-1),
+# B) are in protocol/_ed25519_setup.py. Big ints cannot be const() on every port: plain
+# globals, copied into locals in the hot functions.
 _P = 2**255 - 19
 _L = 2**252 + 27742317777372353535851937790883648493  # order of B
-_D = 37095705934669439343138083508754565189542113879843219016388785533085940283555
-_D2 = 16295367250680780974490674513165176452449235426866156013048779062215315747161  # 2d
-_SQRTM1 = 19681161376707505956807079304988542015446066515923890162744021073123829784752
-_BX = 15112221349535400772501151409588531511454012693041857206046113283949847762202
-_BY = 46316835694926478169428394003475163141307993866256225615783033603165251855960
 
 # Signed comb geometry: _COMBS * _TEETH * _SPACING = 260 >= 253 bits of a scalar mod L.
 _COMBS = const(2)
@@ -140,12 +138,6 @@ def _add(pt, q):
     return (e * f % p, g * h % p, f * g % p, e * h % p)
 
 
-def _cached(pt):
-    p = _P
-    x, y, z, t = pt
-    return ((y + x) % p, (y - x) % p, 2 * z % p, t * _D2 % p)
-
-
 def _encode(pt):
     """RFC 8032 §5.1.2: y little-endian, the low bit of x in bit 255."""
     p = _P
@@ -201,13 +193,13 @@ def _base_table():
     if _BTAB is None:
         from protocol import _ed25519_setup
 
-        _BTAB = _ed25519_setup._comb_table((_BX, _BY, 1, _BX * _BY % _P))
+        _BTAB = _ed25519_setup._comb_table(_ed25519_setup._B)
     return _BTAB
 
 
 def __getattr__(name):
-    # The key-setup helpers moved to protocol/_ed25519_setup.py (see the module docstring)
-    # stay reachable as ed25519._decode etc. for tests and benchmarks.
+    # What moved to protocol/_ed25519_setup.py (see the module docstring) stays reachable
+    # as ed25519.verify, ed25519._decode etc.
     from protocol import _ed25519_setup
 
     try:
@@ -232,15 +224,10 @@ class SigningKey:
     """A 32-byte RFC 8032 seed, expanded once (§5.1.5): scalar, prefix and public key."""
 
     def __init__(self, seed):
-        if not _is_buf(seed) or len(seed) != 32:
-            raise ProtocolError("ed25519.bad_seed", "seed must be 32 bytes")
-        h = SHA512(seed).digest()
-        a = int.from_bytes(h[:32], "little")
-        a &= (1 << 254) - 8  # clear the 3 low bits and bit 255
-        a |= 1 << 254  # set bit 254
-        self._a = a % _L  # [a]B == [a mod L]B, and S is computed mod L anyway
-        self._prefix = h[32:]
-        self.public = _encode(_comb_mul(((_base_table(), self._a),)))
+        # Raises ProtocolError("ed25519.bad_seed") unless seed is 32 bytes.
+        from protocol import _ed25519_setup
+
+        self._a, self._prefix, self.public = _ed25519_setup._expand(seed)
 
     def sign(self, msg):
         """64-byte signature R || S of a bytes-like message (RFC 8032 §5.1.6)."""
@@ -257,24 +244,14 @@ class VerifyingKey:
 
     Raises ProtocolError("ed25519.bad_public_key") if the encoding is invalid (§5.1.3).
     With ``precompute`` (default) and A in the prime-order subgroup, a 3 KB comb table
-    for -A is built once so each verification is a single shared comb pass.
+    for -A is built once so each verification is a single shared comb pass; the key then
+    keeps the table only, not the point -A (``_neg`` is None).
     """
 
     def __init__(self, public, precompute=True):
-        from protocol import _ed25519_setup as setup
+        from protocol import _ed25519_setup
 
-        if not _is_buf(public) or len(public) != 32:
-            raise ProtocolError("ed25519.bad_public_key", "public key must be 32 bytes")
-        a = setup._decode(public)
-        if a is None:
-            raise ProtocolError("ed25519.bad_public_key", "not a valid point encoding")
-        self.public = bytes(public)
-        self._neg = setup._neg(a)
-        self._table = None
-        _base_table()
-        # The comb computes [k mod L](-A); that equals [k](-A) only if L*A = 0.
-        if precompute and setup._is_identity(setup._mul_var(_L, a)):
-            self._table = setup._comb_table(self._neg)
+        self.public, self._neg, self._table = _ed25519_setup._verifying_key(public, precompute)
 
     def verify(self, msg, sig):
         """True iff sig is a valid signature of msg under this key; never raises on bad data."""
@@ -292,34 +269,9 @@ def _verify(pk, neg_a, table, msg, sig):
     if table is not None:
         q = _comb_mul(((_base_table(), s), (table, k)))
     else:
-        from protocol._ed25519_setup import _mul_var
+        from protocol._ed25519_setup import _cached, _mul_var
 
         q = _add(_mul_var(k, neg_a), _cached(_comb_mul(((_base_table(), s),))))
     # cofactorless [S]B - [k]A == R, compared as canonical encodings (see module docstring)
     return _encode(q) == rb
 
-
-def public_key(seed):
-    """The 32-byte public key of a 32-byte seed (RFC 8032 §5.1.5)."""
-    return SigningKey(seed).public
-
-
-def sign(seed, msg):
-    """Sign msg with a 32-byte seed; byte-identical to RFC 8032 §5.1.6."""
-    return SigningKey(seed).sign(msg)
-
-
-def verify(public, msg, sig):
-    """RFC 8032 §5.1.7 verification; False (never an exception) for any invalid input."""
-    if not (_is_buf(public) and _is_buf(msg) and _is_buf(sig)):
-        return False
-    if len(public) != 32 or len(sig) != 64:
-        return False
-    if int.from_bytes(sig[32:], "little") >= _L:  # cheap rejection before decoding A
-        return False
-    from protocol._ed25519_setup import _decode, _neg
-
-    a = _decode(public)
-    if a is None:
-        return False
-    return _verify(bytes(public), _neg(a), None, msg, sig)

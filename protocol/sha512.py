@@ -74,7 +74,12 @@ _IV = (
 )
 
 
-_W = [0] * 16  # the message schedule ring, reused by every _compress (see there)
+# The message schedule ring, reused by every _compress (see there). _compress empties it
+# before returning: on MicroPython most 64-bit words are heap big ints, and the last block's
+# 16 words would otherwise stay alive between hashes, ~0.75 KB pinned for the node's life.
+# (An array("Q") of 16 machine words pins nothing either, but every read of a word then
+# makes a new big int: measured ~4% slower signing.)
+_W = [0] * 16
 
 
 def _compress(h, buf, off):
@@ -133,6 +138,8 @@ def _compress(h, buf, off):
     h[5] = (h[5] + f) & m
     h[6] = (h[6] + g) & m
     h[7] = (h[7] + hh) & m
+    for i in range(16):  # release the words (see _W)
+        w[i] = 0
 
 
 class PureSHA512:
@@ -191,7 +198,7 @@ class PureSHA512:
         return struct.pack(">8Q", *h)
 
     def hexdigest(self):
-        return "".join("%02x" % b for b in self.digest())
+        return self.digest().hex()  # no generator: its code would stay in the node's heap
 
 
 # CPython: the C implementation; MicroPython's hashlib has no sha512 at all.
