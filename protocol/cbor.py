@@ -188,15 +188,11 @@ def _head(buf, major, n):
     elif n < 0x100:
         buf.append(mt | 24)
         buf.append(n)
-    elif n < 0x10000:
-        buf.append(mt | 25)
-        buf.extend(n.to_bytes(2, "big"))
-    elif n < 0x100000000:
-        buf.append(mt | 26)
-        buf.extend(n.to_bytes(4, "big"))
     else:
-        buf.append(mt | 27)
-        buf.extend(n.to_bytes(8, "big"))
+        # additional information 25, 26, 27: a 2, 4 or 8-byte argument follows
+        ai = 25 if n < 0x10000 else 26 if n < 0x100000000 else 27
+        buf.append(mt | ai)
+        buf.extend(n.to_bytes(1 << (ai - 24), "big"))
 
 
 def _utf8(s):

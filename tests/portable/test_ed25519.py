@@ -159,9 +159,22 @@ def test_prime_order_check_guards_the_comb():
     # cofactorless signature under a mixed-order key and is checked in test_edge_vectors).
     honest = ed25519.VerifyingKey(_sample()[0].public)
     assert honest._table is not None
+    assert honest._neg is None  # with the table, the key keeps no point -A
     cases = local_vectors("ed25519_edge.json")["cases"]
     mixed = [c for c in cases if c["name"] == "speccheck-6"][0]
-    assert ed25519.VerifyingKey(_unhex(mixed["public"]))._table is None
+    generic = ed25519.VerifyingKey(_unhex(mixed["public"]))
+    assert generic._table is None and generic._neg is not None
+
+
+def test_one_shot_functions_reachable_from_the_module():
+    # public_key/sign/verify and the setup constants live in protocol/_ed25519_setup.py
+    # (boot-only on a node); ed25519's module __getattr__ keeps them where they were.
+    from protocol import _ed25519_setup
+
+    assert ed25519.verify is _ed25519_setup.verify
+    assert ed25519.sign is _ed25519_setup.sign
+    assert ed25519.public_key is _ed25519_setup.public_key
+    assert ed25519._D is _ed25519_setup._D
 
 
 def test_field_and_scalar_internals():

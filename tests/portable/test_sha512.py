@@ -104,6 +104,15 @@ def test_digest_does_not_finalize():
     assert len(h.digest()) == 64 and h.digest_size == 64 and h.block_size == 128
 
 
+def test_schedule_ring_keeps_no_words():
+    # The ring is reused by every block and emptied after each: on MicroPython its 64-bit
+    # words are heap big ints, which must not stay alive between hashes (docs/firmware.md).
+    from protocol import sha512 as mod
+
+    PureSHA512(_msg(300)).digest()
+    assert list(mod._W) == [0] * 16
+
+
 def test_fallback_selection_and_hashlib_agreement():
     try:
         from hashlib import sha512 as native
