@@ -19,6 +19,7 @@ from firmware import unload
 from protocol import const
 
 _ENCODE_BUFFER = const(384)  # bytes: a telemetry packet is ~270, a birth ~150
+_DEATH = const(6)  # protocol/schema.py DEATH (firmware/node.py's copy is the checked one)
 
 _SERIAL = {  # role -> (baud, bits, parity, stop) defaults from docs/devices.md
     "pump": (19200, 8, None, 1),
@@ -95,6 +96,60 @@ def _uarts(wiring):
     return uarts
 
 
+def death_message(signer, node_id, boot):
+    """The Last Will, seq 0 of this boot, signed in advance: the broker publishes it when the
+    node vanishes (build() gives it to the MQTT client)."""
+    from protocol import cbor, cose
+    from protocol.envelope import envelope
+
+    return cose.encode(cbor.dumps(envelope(_DEATH, node_id, boot, 0, 0)), signer, node_id.encode())
+
+
+def make_node(cfg, boot, now, uarts, pump, oximeter=None, monitor=None, board="unix",
+              clock=None, log=None, signer=None, gateway_verifier=None):
+    """The node (firmware/node.py) and its parts, from the configuration values (a Config,
+    or the ``Settings`` copy of one). Here, not in the node's module, because it runs once:
+    this code is unloaded with the rest of boot (the tests make their nodes with it too)."""
+    from firmware.commands import CommandGate
+    from firmware.node import KINDS, Node
+    from firmware.outbox import Outbox
+    from firmware.permit import Permit
+    from firmware.sentlog import SentLog
+    from protocol import cose, topics
+
+    node_id = cfg.node_id
+    # role -> (driver, UART object or None)
+    devices = {"pump": (pump, uarts.get("pump"))}
+    if oximeter is not None:
+        devices["oximeter"] = (oximeter, uarts.get("oximeter"))
+    if monitor is not None:
+        devices["monitor"] = (monitor, uarts.get("monitor"))
+    # MDC code -> (lo, hi, provisioning name such as "spo2"), lo/hi in the code's unit
+    limits = {}
+    for code in cfg.local_limits:
+        lo, hi = cfg.local_limits[code]
+        limits[code] = (lo, hi, cfg.limit_names.get(code, code))
+    n = cfg.node
+    return Node(
+        node_id,
+        boot,
+        now,
+        devices,
+        signer or cose.Ed25519Signer(cfg.node_key),
+        CommandGate(node_id, gateway_verifier or cose.Ed25519Verifier(cfg.gateway_pub),
+                    cfg.gateway_kid, SentLog(32), n["command_max_age_ms"]),
+        Permit(n["permit_max_ms"]),
+        Outbox(cfg.state_dir + "/spool.bin", n["ram_slots"], n["spool_max_bytes"]),
+        [topics.uplink(node_id, k) for k in KINDS],  # the uplink topics, made once
+        n["telemetry_ms"],
+        limits,
+        # What the birth message says of this node: drivers by role, board name
+        ([[role, cfg.wiring[role]["driver"]] for role in devices], board),
+        clock,
+        log,
+    )
+
+
 def build(base):
     """Return (node, client, downlink topic, watchdog); raises ConfigError, ValueError or
     OSError (main.py reports them) before anything is driven."""
@@ -122,7 +177,6 @@ def build(base):
     gc.collect()
     from firmware.hal.watchdog import Watchdog
     from firmware.mqtt.client import MQTTClient, tls_context
-    from firmware.node import Node, death_message
     from protocol import topics
 
     # The objects with the largest instance dictionaries first (the client's is about
@@ -141,7 +195,7 @@ def build(base):
     )
     wiring = s.wiring
     pump, oxi, mon = _drivers(wiring)
-    node = Node(
+    node = make_node(
         s,
         s.boot,
         time.ticks_ms(),
@@ -154,7 +208,6 @@ def build(base):
         log=log.info,
         signer=signer,
         gateway_verifier=verifier,
-        death=death,
     )
     log.info(
         "node %s boot %d: %s"

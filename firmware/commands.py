@@ -41,44 +41,39 @@ class Rejected(Exception):
 class CommandGate:
     def __init__(self, node_id, gateway_verifier, gateway_kid, sentlog, max_age_ms):
         self.node_id = node_id
-        self._verifier = gateway_verifier
-        self._kid = gateway_kid
-        self._sentlog = sentlog
+        # kid -> verifier: the one provisioned gateway key (its ``get`` is cose's lookup)
+        self._keys = {gateway_kid: gateway_verifier}
+        self.sentlog = sentlog  # the node records its messages here (firmware/node.py)
         self.max_age_ms = max_age_ms
         self.window = ReplayWindow(ordered=True)
         self.rejected = 0
-
-    def _lookup(self, kid):
-        return self._verifier if kid == self._kid else None
 
     def check(self, wire, boot, now):
         """Return (message, ref_tick) for a command to execute (the validated payload map,
         keys as in protocol/schema.py); raise Rejected otherwise."""
         try:
-            msg = cose.verify(wire, self._lookup)
+            msg = cose.verify(wire, self._keys.get)
             body = validate_command(cbor.loads(msg.payload))
         except ProtocolError as e:
             self.rejected += 1
             raise Rejected(e.reason)
         epoch = body[_K_BOOT]
         seq = body[_K_SEQ]
-        if body[_K_DEV] != self.node_id:
-            self.rejected += 1
-            raise Rejected("cmd.other_device", epoch, seq)
         ref_boot, ref_seq = body[_C_REF]
-        ref_tick = self._sentlog.tick_of(ref_seq) if ref_boot == boot else None
-        if ref_tick is None:
-            self.rejected += 1
-            raise Rejected("cmd.stale_ref", epoch, seq)
-        age = ticks_diff(now, ref_tick)
-        if age < 0 or age > self.max_age_ms:
-            self.rejected += 1
-            raise Rejected("cmd.expired", epoch, seq)
-        verdict = self.window.check(epoch, seq)
-        if verdict == DUPLICATE:
-            raise Rejected("cmd.duplicate", epoch, seq)
-        if verdict == STALE:
-            self.rejected += 1
-            raise Rejected("cmd.replayed", epoch, seq)
-        self.window.accept(epoch, seq)
-        return body, ref_tick
+        ref_tick = self.sentlog.tick_of(ref_seq) if ref_boot == boot else None
+        if body[_K_DEV] != self.node_id:
+            reason = "cmd.other_device"
+        elif ref_tick is None:
+            reason = "cmd.stale_ref"
+        elif not 0 <= ticks_diff(now, ref_tick) <= self.max_age_ms:
+            reason = "cmd.expired"
+        else:
+            verdict = self.window.check(epoch, seq)
+            if verdict == DUPLICATE:
+                raise Rejected("cmd.duplicate", epoch, seq)  # not counted: a redelivery
+            if verdict != STALE:
+                self.window.accept(epoch, seq)
+                return body, ref_tick
+            reason = "cmd.replayed"
+        self.rejected += 1
+        raise Rejected(reason, epoch, seq)

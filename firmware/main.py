@@ -43,8 +43,7 @@ def main(base="."):
     gc.threshold(max(4096, gc.mem_free() // 2))
     from firmware import runner
 
-    runner.attach(node, client, downlink)
-    asyncio.run(runner.run(node, client, watchdog))
+    asyncio.run(runner.run(node, client, downlink, watchdog))
 
 
 if __name__ == "__main__":

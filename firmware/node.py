@@ -18,11 +18,8 @@ Safety rules, in the order ``step`` applies them (docs/firmware.md, "Safety"):
 4. a stop command pre-empts everything queued for the pump and goes out in the same step.
 """
 
-from firmware.commands import CommandGate, Rejected
+from firmware.commands import Rejected
 from firmware.drivers._ticks import ticks_add, ticks_diff
-from firmware.outbox import Outbox
-from firmware.permit import Permit
-from firmware.sentlog import SentLog
 from protocol import cbor, const, cose
 from protocol.envelope import envelope
 
@@ -42,7 +39,7 @@ _BIRTH = const(1)
 _TELEMETRY = const(2)
 _EVENT = const(3)
 _ACK = const(5)
-_DEATH = const(6)
+_DEATH = const(6)  # seq 0 of each boot: firmware/boot.py's death_message
 _K_BOOT = const(2)
 _K_SEQ = const(3)
 _K_T = const(4)
@@ -124,65 +121,44 @@ _PUMP_STATES = {
 _BOOT_GRACE_MS = const(5000)
 
 
-def _beyond(value, lo, hi):
-    """(mantissa, exponent) beyond integer limits lo/hi? Integer arithmetic only."""
-    mant, exp = value
-    if exp >= 0:
-        scaled, unit = mant * (10 ** exp), 1
-    else:
-        scaled, unit = mant, 10 ** (-exp)
-    if lo is not None and scaled < lo * unit:
-        return True
-    return hi is not None and scaled > hi * unit
-
-
-def death_message(signer, node_id, boot):
-    """The Last Will, seq 0 of this boot, signed in advance: the broker publishes it when the
-    node vanishes (firmware/boot.py gives it to the MQTT client)."""
-    return cose.encode(cbor.dumps(envelope(_DEATH, node_id, boot, 0, 0)), signer, node_id.encode())
-
-
 class Node:
-    def __init__(self, cfg, boot, now, uarts, pump, oximeter=None, monitor=None, board="unix",
-                 clock=None, log=None, signer=None, gateway_verifier=None, death=None):
-        # Plain values only, never ``cfg`` itself: the configuration module is unloaded
-        # after boot (firmware/boot.py), and a Config instance would keep it alive.
-        self.node_id = cfg.node_id
-        self.kid = cfg.node_id.encode()
+    """One chair's node, made by ``firmware.boot.make_node`` from the provisioned
+    configuration: the node's resident code never reads the configuration itself (that
+    code is boot-only, and unloaded). Kept to at most 29 instance attributes, so the
+    instance dictionary's table stays at 29 slots; small helpers are written inline where
+    they are used, as each method costs a function object (docs/firmware.md, "Footprint").
+
+    ``devices``: role -> (driver, UART object (read/write/close) or None), with a "pump";
+    ``limits``: MDC code -> (lo, hi, provisioning name such as "spo2"), lo/hi integers in
+    the code's unit or None; ``topics``: uplink topic by outbox kind index (``KINDS``);
+    ``birth``: (drivers as [[role, driver name]], board name) for the birth message.
+    """
+
+    def __init__(self, node_id, boot, now, devices, signer, gate, permit, outbox, topics,
+                 telemetry_ms, limits, birth, clock=None, log=None):
+        self.node_id = node_id
+        self.kid = node_id.encode()
         self.boot = boot
         self.clock = clock  # ticks_ms-like callable, for latency figures only (None in tests)
         self.log = log  # console line writer (firmware/log.py on a board), or None
         self.wake = None  # an asyncio.Event the runner waits on for new outbox packets
         self._nibp_seq = 0
-        self.signer = signer or cose.Ed25519Signer(cfg.node_key)
-        self.uarts = uarts  # role -> UART object (read/write/close)
-        self.pump = pump
-        self.oximeter = oximeter
-        self.monitor = monitor
-        self.devices = {"pump": pump}
-        if oximeter is not None:
-            self.devices["oximeter"] = oximeter
-        if monitor is not None:
-            self.devices["monitor"] = monitor
-        # What the birth message says of this node: drivers by role, board name
-        self._birth = ([[role, cfg.wiring[role]["driver"]] for role in self.devices], board)
-        self.limits = cfg.local_limits  # MDC code -> (lo, hi), integers in the code's unit
-        self._limit_names = cfg.limit_names  # MDC code -> provisioning name ("spo2")
-        from protocol import topics  # only here: the uplink topics are made once
-
-        self._topics = [topics.uplink(self.node_id, k) for k in KINDS]
-        n = cfg.node
-        self.telemetry_ms = n["telemetry_ms"]
-        self.permit = Permit(n["permit_max_ms"])
-        self.sentlog = SentLog(32)
-        self.gate = CommandGate(self.node_id,
-                                gateway_verifier or cose.Ed25519Verifier(cfg.gateway_pub),
-                                cfg.gateway_kid, self.sentlog, n["command_max_age_ms"])
-        self.outbox = Outbox(cfg.state_dir + "/spool.bin", n["ram_slots"], n["spool_max_bytes"])
+        self.signer = signer
+        self.devices = devices
+        self.pump = devices["pump"][0]
+        self._birth = birth
+        self.limits = limits
+        self.topics = topics
+        self.telemetry_ms = telemetry_ms
+        self.permit = permit
+        # The command gate keeps the log of this node's recent messages (gate.sentlog):
+        # _envelope records every message made in it.
+        self.gate = gate
+        self.outbox = outbox
         self._seq = 1  # seq 0 of every boot is the pre-signed death message (Last Will)
+        # Uptime in ms: accumulated tick differences, so it survives the tick counter's wrap.
         self._uptime = 0
-        self._last_tick = now
-        self._boot_tick = now
+        self._last_tick = now  # the boot tick until the first message is made
         self._next_telemetry = now
         # Program loaded into the pump (gateway program id 0: none).
         self.program_id = 0
@@ -193,26 +169,21 @@ class Node:
         self.stop_latency_ms = []  # recent stop-arrival -> STP-frame-written figures
         self._vtbi = 0
         self._last_dropped = 0
-        self.death = death or death_message(self.signer, self.node_id, boot)
 
     # --- message plumbing ----------------------------------------------------------------
-
-    def _uptime_at(self, now):
-        self._uptime += ticks_diff(now, self._last_tick)
-        self._last_tick = now
-        return self._uptime
 
     def _envelope(self, mtype, now):
         seq = self._seq
         self._seq += 1
-        self.sentlog.record(seq, now)
-        return envelope(mtype, self.node_id, self.boot, seq, self._uptime_at(now))
+        self.gate.sentlog.record(seq, now)
+        self._uptime += ticks_diff(now, self._last_tick)
+        self._last_tick = now
+        return envelope(mtype, self.node_id, self.boot, seq, self._uptime)
 
-    def _sign(self, msg):
-        return cose.encode(cbor.dumps(msg), self.signer, self.kid)
-
-    def _queue(self, kind, msg, critical):
-        self.outbox.put(kind, self._sign(msg), critical)
+    def _queue(self, kind, payload):
+        """Sign ``payload`` (a CBOR-encoded message) and queue it; every kind but telemetry
+        is critical (it may use the spool's reserve)."""
+        self.outbox.put(kind, cose.encode(payload, self.signer, self.kid), kind != _K_TELEMETRY)
         if self.wake is not None:
             self.wake.set()  # the uplink task sends it now, not at its next poll
 
@@ -226,7 +197,7 @@ class Node:
             msg[_E_DETAIL] = detail[:128]
         if data:
             msg[_E_DATA] = data
-        self._queue(_K_EVENT, msg, True)
+        self._queue(_K_EVENT, cbor.dumps(msg))
 
     def birth(self, now):
         """Queued on every (re)connect (runner's on_connect)."""
@@ -239,14 +210,13 @@ class Node:
         msg[_B_CAPS] = caps
         msg[_B_BOARD] = self._birth[1]
         msg[_B_PERMIT_MAX] = self.permit.max_lifetime_ms
-        self._queue(_K_BIRTH, msg, True)
+        self._queue(_K_BIRTH, cbor.dumps(msg))
 
     # --- the periodic step -----------------------------------------------------------------
 
     def step(self, now):
         for role in self.devices:
-            drv = self.devices[role]
-            uart = self.uarts.get(role)
+            drv, uart = self.devices[role]
             if uart is None:
                 continue
             data = uart.read()
@@ -256,50 +226,62 @@ class Node:
             if out:
                 uart.write(out)
         self._guard(now)
-        mon = self.monitor
-        if mon is not None and mon.nibp_seq != self._nibp_seq:
+        mon = self.devices.get("monitor")
+        if mon is not None and mon[0].nibp_seq != self._nibp_seq:
             # A new cuff reading goes out at once: NIBP rules act on a single reading and it
             # arrives only every ~10 minutes, so waiting for the next 1 s tick is pure delay.
-            self._nibp_seq = mon.nibp_seq
+            self._nibp_seq = mon[0].nibp_seq
             self._next_telemetry = now
         if ticks_diff(now, self._next_telemetry) >= 0:
             self._next_telemetry = ticks_add(now, self.telemetry_ms)
             self._telemetry(now)
 
-    def _pump_infusing(self):
-        return self.pump.state == "infusing"
-
     def _stop_pump(self, now):
         self.running = False
         self.pump.stop()
         out = self.pump.poll(now)
-        uart = self.uarts.get("pump")
+        uart = self.devices["pump"][1]
         if out and uart is not None:
             uart.write(out)  # now, not on the next step
 
     def _guard(self, now):
+        pump = self.pump
         left = self.permit.remaining(now)
-        if (self.running or self._pump_infusing()) and left == 0:
+        if (self.running or pump.state == "infusing") and left == 0:
             self._stop_pump(now)
             if not self._lapse_reported:
                 self._lapse_reported = True
                 self.event("permit_lapsed", _SEV_ALARM, now,
                            "no valid run permit: pump stopped")
-        if self.limits and (self.running or self._pump_infusing()):
-            breach = self._local_breach(now)
-            if breach is not None:
-                self._stop_pump(now)
-                self.permit.revoke()
-                if not self.local_trip:
-                    self.local_trip = True
-                    code, value = breach
-                    self.event("local_interlock", _SEV_ALARM, now,
-                               "node hard limit: %s" % self._limit_names.get(code, code),
-                               {1: code, 2: value[0], 3: value[1]})
-        if ticks_diff(now, self._boot_tick) < _BOOT_GRACE_MS:
-            return  # devices answer their first request within a few seconds of boot
+        if self.limits and (self.running or pump.state == "infusing"):
+            # The first fresh vital beyond its limits, if any, stops the pump.
+            vitals = self._vitals(now)
+            for code in self.limits:
+                v = vitals.get(code)
+                if v is None:
+                    continue
+                lo, hi, name = self.limits[code]
+                # (mantissa, exponent) beyond integer limits lo/hi? Integer arithmetic only.
+                mant, exp = v[0], v[1]
+                if exp >= 0:
+                    scaled, unit = mant * (10 ** exp), 1
+                else:
+                    scaled, unit = mant, 10 ** (-exp)
+                if (lo is not None and scaled < lo * unit) or (hi is not None
+                                                               and scaled > hi * unit):
+                    self._stop_pump(now)
+                    self.permit.revoke()
+                    if not self.local_trip:
+                        self.local_trip = True
+                        self.event("local_interlock", _SEV_ALARM, now,
+                                   "node hard limit: %s" % name, {1: code, 2: mant, 3: exp})
+                    break
+        # Devices answer their first request within a few seconds of boot: no offline
+        # reports before then (uptime so far plus the time since the last message).
+        if self._uptime + ticks_diff(now, self._last_tick) < _BOOT_GRACE_MS:
+            return
         for role in self.devices:
-            online = self.devices[role].online(now)
+            online = self.devices[role][0].online(now)
             was = self._offline_reported.get(role)
             if not online and was is not True:
                 self._offline_reported[role] = True
@@ -308,22 +290,15 @@ class Node:
                 self._offline_reported[role] = False
                 self.event("device_online", _SEV_INFO, now, role)
 
-    def _local_breach(self, now):
-        vitals = self._vitals(now)
-        for code in self.limits:
-            v = vitals.get(code)
-            if v is not None:
-                lo, hi = self.limits[code]
-                if _beyond((v[0], v[1]), lo, hi):
-                    return code, (v[0], v[1])
-        return None
-
     def _vitals(self, now):
+        """{MDC code: (mantissa, exponent, tick)}: the fresh vitals of every device, a new
+        dictionary (the caller may change it)."""
         out = {}
-        for drv in (self.monitor, self.oximeter):  # oximeter last: it wins for SpO2/pulse
-            if drv is None:
+        for role in ("monitor", "oximeter"):  # oximeter last: it wins for SpO2/pulse
+            d = self.devices.get(role)
+            if d is None:
                 continue
-            vals = drv.values(now)
+            vals = d[0].values(now)
             for code in vals:
                 if code in _UNITS:
                     out[code] = vals[code]
@@ -332,32 +307,33 @@ class Node:
     def _telemetry(self, now):
         msg = self._envelope(_TELEMETRY, now)
         up = msg[_K_T]
-        vitals = {}
+        # The vitals dictionary becomes the packet's: each value is replaced in place by
+        # (mantissa, exponent, unit, uptime of the reading), encoded as a CBOR array.
         v = self._vitals(now)
         for code in v:
             mant, exp, tick = v[code]
-            vitals[code] = [mant, exp, _UNITS[code], max(0, up - ticks_diff(now, tick))]
-        msg[_T_VITALS] = vitals
+            v[code] = (mant, exp, _UNITS[code], max(0, up - ticks_diff(now, tick)))
+        msg[_T_VITALS] = v
         p = self.pump
-        pump = {_P_PROGRAM: self.program_id}  # type: dict
-
         if p.online(now):
-            pump[_P_STATE] = _PUMP_STATES.get(p.state, _PUMP_UNKNOWN)
-            pump[_P_T] = max(0, up - ticks_diff(now, p.last_reply_ms))
+            pump = {
+                _P_PROGRAM: self.program_id,
+                _P_STATE: _PUMP_STATES.get(p.state, _PUMP_UNKNOWN),
+                _P_T: max(0, up - ticks_diff(now, p.last_reply_ms)),
+                _P_ALARMS: (p.alarm,) if p.alarm else (),
+            }
             if p.rate_ul_h is not None:
                 pump[_P_RATE] = p.rate_ul_h
             if p.infused_ul is not None:
                 pump[_P_INFUSED] = p.infused_ul
-            pump[_P_ALARMS] = [p.alarm] if p.alarm else []
         else:
-            pump[_P_STATE] = _PUMP_UNKNOWN
-            pump[_P_T] = up
+            pump = {_P_PROGRAM: self.program_id, _P_STATE: _PUMP_UNKNOWN, _P_T: up}
         if self._vtbi:
             pump[_P_VTBI] = self._vtbi
         msg[_T_PUMP] = pump
         serial_bad = 0
         for role in self.devices:
-            serial_bad += self.devices[role].frames_bad
+            serial_bad += self.devices[role][0].frames_bad
         msg[_T_NODE] = {
             _N_PERMIT_MS: self.permit.remaining(now),
             _N_LOCAL_TRIP: self.local_trip,
@@ -365,7 +341,11 @@ class Node:
             _N_DROPPED: self.outbox.dropped,
             _N_SERIAL_BAD: serial_bad,
         }
-        self._queue(_K_TELEMETRY, msg, False)
+        msg = cbor.dumps(msg)
+        # The message's dictionaries are garbage from here: they need not stay alive while
+        # the packet is signed, the step's largest need of heap.
+        del v, pump
+        self._queue(_K_TELEMETRY, msg)
         if self.outbox.dropped != self._last_dropped:
             self._last_dropped = self.outbox.dropped
             self.event("buffer_overflow", _SEV_WARNING, now,
@@ -374,100 +354,91 @@ class Node:
     # --- commands --------------------------------------------------------------------------
 
     def on_command(self, wire, now):
-        """Verify and execute one command; queue its ack. Returns the ack result."""
+        """Verify and execute one command; queue its ack. Returns the ack result (None for a
+        redelivery of a command already executed)."""
         try:
             cmd, ref_tick = self.gate.check(wire, self.boot, now)
         except Rejected as e:
-            if e.epoch is not None:
-                if e.reason == "cmd.duplicate":
-                    return None  # already executed and acked; QoS 1 redelivery
-                self._ack(e.epoch, e.seq, _ACK_REJECTED, e.reason, now)
-            else:
+            if e.epoch is None:
                 # No trustworthy (epoch, seq) to answer: report it as an event instead.
                 self.event("command_rejected", _SEV_WARNING, now, e.reason)
-            return _ACK_REJECTED
-        kind = cmd[_C_KIND]
-        reason = self._execute(kind, cmd[_C_ARGS], ref_tick, now)
-        result = _ACK_OK if reason is None else _ACK_REJECTED
-        if self.log is not None and kind != _CMD_PERMIT:
-            self.log("CMD %s %s" % (_CMD_NAMES[kind], reason or "ok"))
-        self._ack(cmd[_K_BOOT], cmd[_K_SEQ], result, reason or "", now)
-        return result
-
-    def _ack(self, epoch, seq, result, reason, now):
+                return _ACK_REJECTED
+            if e.reason == "cmd.duplicate":
+                return None  # already executed and acked; QoS 1 redelivery
+            epoch, seq, reason = e.epoch, e.seq, e.reason
+        else:
+            epoch, seq = cmd[_K_BOOT], cmd[_K_SEQ]
+            kind = cmd[_C_KIND]
+            a = cmd[_C_ARGS]
+            p = self.pump
+            reason = None  # executed; else why not
+            if kind == _CMD_STOP:
+                self._stop_pump(now)
+                self.permit.revoke()
+                if self.clock is not None:
+                    # ``now`` was read when the command arrived; the STP frame is written now.
+                    self.stop_latency_ms.append(ticks_diff(self.clock(), now))
+                    del self.stop_latency_ms[:-16]
+                    if self.log is not None:
+                        self.log("STOP written %d ms after the command arrived"
+                                 % self.stop_latency_ms[-1])
+            elif kind == _CMD_PERMIT:
+                reason = self.permit.grant(a[_A_PROGRAM_ID], ref_tick, a[_A_LIFETIME], now)
+            elif kind == _CMD_PROGRAM:
+                pid = a[_A_PROGRAM_ID]
+                if self.running or p.state == "infusing":
+                    if pid != self.program_id:
+                        reason = "cmd.busy"  # a new program only on a stopped pump
+                    # Rate change within the running program (the gateway checked the limits).
+                    elif p.set_rate(a[_A_RATE]) is None:
+                        reason = "pump.queue_full"
+                    else:
+                        self._vtbi = a[_A_VTBI]
+                elif p.pending() > 2:
+                    reason = "pump.busy"
+                else:
+                    try:
+                        if not (p.set_diameter(a[_A_DIAMETER]) and p.set_direction_infuse()
+                                and p.set_rate(a[_A_RATE]) is not None
+                                and p.set_volume(a[_A_VTBI]) is not None and p.clear_volumes()):
+                            reason = "pump.queue_full"
+                    except ValueError:
+                        reason = "pump.bad_value"
+                    if reason is None:
+                        self.program_id = pid
+                        self._vtbi = a[_A_VTBI]
+                        self.permit.revoke()  # a permit belongs to a program
+            elif kind == _CMD_START:
+                pid = a[_A_PROGRAM_ID]
+                if pid != self.program_id or pid == 0:
+                    reason = "cmd.no_program"
+                # A valid permit for this program (remaining() first: it latches a lapse).
+                elif not (self.permit.remaining(now) > 0 and self.permit.program_id == pid):
+                    reason = "permit.none"
+                elif not p.online(now):
+                    reason = "pump.offline"
+                else:
+                    self.local_trip = False
+                    self._lapse_reported = False
+                    p.clear_alarm()
+                    p.run()
+                    self.running = True
+            elif kind == _CMD_CONFIG:
+                period = a.get(_A_PERIOD)
+                if period is not None:
+                    if 200 <= period <= 60000:
+                        self.telemetry_ms = period
+                    else:
+                        reason = "cmd.bad_period"
+            else:
+                reason = "cmd.unknown"
+            if self.log is not None and kind != _CMD_PERMIT:
+                self.log("CMD %s %s" % (_CMD_NAMES[kind], reason or "ok"))
+        # The ack: ok, or the reason the command was rejected.
         msg = self._envelope(_ACK, now)
         msg[_K_CMD] = [epoch, seq]
-        msg[_K_RESULT] = result
+        msg[_K_RESULT] = result = _ACK_OK if reason is None else _ACK_REJECTED
         if reason:
             msg[_K_REASON] = reason[:64]
-        self._queue(_K_ACK, msg, True)
-
-    def _execute(self, kind, a, ref_tick, now):
-        if kind == _CMD_STOP:
-            self._stop_pump(now)
-            self.permit.revoke()
-            if self.clock is not None:
-                # ``now`` was read when the command arrived; the STP frame is written now.
-                self.stop_latency_ms.append(ticks_diff(self.clock(), now))
-                del self.stop_latency_ms[:-16]
-                if self.log is not None:
-                    self.log("STOP written %d ms after the command arrived"
-                             % self.stop_latency_ms[-1])
-            return None
-        if kind == _CMD_PERMIT:
-            return self.permit.grant(a[_A_PROGRAM_ID], ref_tick, a[_A_LIFETIME], now)
-        if kind == _CMD_PROGRAM:
-            return self._program(a, now)
-        if kind == _CMD_START:
-            pid = a[_A_PROGRAM_ID]
-            if pid != self.program_id or pid == 0:
-                return "cmd.no_program"
-            if not self.permit.valid_for(pid, now):
-                return "permit.none"
-            if not self.pump.online(now):
-                return "pump.offline"
-            self.local_trip = False
-            self._lapse_reported = False
-            self.pump.clear_alarm()
-            self.pump.run()
-            self.running = True
-            return None
-        if kind == _CMD_CONFIG:
-            period = a.get(_A_PERIOD)
-            if period is not None:
-                if not 200 <= period <= 60000:
-                    return "cmd.bad_period"
-                self.telemetry_ms = period
-            return None
-        return "cmd.unknown"
-
-    def _program(self, a, now):
-        pid = a[_A_PROGRAM_ID]
-        p = self.pump
-        if self.running or self._pump_infusing():
-            if pid != self.program_id:
-                return "cmd.busy"  # a new program only on a stopped pump
-            # Rate change within the running program (the gateway checked the limits).
-            if p.set_rate(a[_A_RATE]) is None:
-                return "pump.queue_full"
-            self._vtbi = a[_A_VTBI]
-            return None
-        if p.pending() > 2:
-            return "pump.busy"
-        try:
-            ok = (p.set_diameter(a[_A_DIAMETER]) and p.set_direction_infuse()
-                  and p.set_rate(a[_A_RATE]) is not None
-                  and p.set_volume(a[_A_VTBI]) is not None and p.clear_volumes())
-        except ValueError:
-            return "pump.bad_value"
-        if not ok:
-            return "pump.queue_full"
-        self.program_id = pid
-        self._vtbi = a[_A_VTBI]
-        self.permit.revoke()  # a permit belongs to a program
-        return None
-
-    # --- uplink ------------------------------------------------------------------------------
-
-    def topic_of(self, kind_index):
-        return self._topics[kind_index]
+        self._queue(_K_ACK, cbor.dumps(msg))
+        return result

@@ -31,21 +31,10 @@ _CRITICAL = const(1)
 _HEADER = const(3)
 
 
-def _size(path):
-    try:
-        return os.stat(path)[6]
-    except OSError:
-        return 0
-
-
-def _remove(path):
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-
-
 class Outbox:
+    """``dropped``, ``critical_dropped`` and ``spilled`` count packets (see the module
+    docstring); ``spooled`` is how many of the queued packets are in the spool file."""
+
     def __init__(self, spool_path, ram_slots=8, spool_max_bytes=262144,
                  critical_reserve=16384, sync_every=16):
         self._path = spool_path
@@ -58,24 +47,57 @@ class Outbox:
         self.dropped = 0
         self.critical_dropped = 0
         self.spilled = 0
+        self.spooled = 0
         self._head = None  # cached head record read from the spool
         self._unsynced = 0
-        self._read = self._load_pos()
-        self._end = _size(self._path)
-        self._spool_count = self._count_spool()
-        if self._read >= self._end:
-            self._reset_spool()
-        elif _size(self._path) != self._end:
-            self._compact()
-
-    # -- persistence of the read position ---------------------------------------------
-    def _load_pos(self):
+        # Resume after a reboot: the saved read position (0 if none)...
         try:
             with open(self._pos_path, "rb") as f:
-                return int.from_bytes(f.read(4), "big")
+                self._read = int.from_bytes(f.read(4), "big")
         except (OSError, ValueError):
-            return 0
+            self._read = 0
+        try:
+            size = os.stat(self._path)[6]
+        except OSError:
+            size = 0
+        # ...then walk the spool's record headers from there: count the records, and end
+        # the spool after the last intact one.
+        pos = self._read
+        if size:
+            with open(self._path, "rb") as f:
+                while pos + _HEADER <= size:
+                    f.seek(pos)
+                    h = f.read(_HEADER)
+                    length = (h[1] << 8) | h[2]
+                    if pos + _HEADER + length > size:
+                        break  # a record torn by power loss: ignore it (its seq is a gap)
+                    pos += _HEADER + length
+                    self.spooled += 1
+        self._end = pos
+        if self._read >= self._end:
+            self._reset_spool()
+        elif size != self._end:
+            # Rewrite the intact records to a fresh spool (after a torn write at power
+            # loss), so later appends never land behind garbage. Copies through a small
+            # buffer.
+            tmp = self._path + ".tmp"
+            buf = bytearray(256)
+            with open(self._path, "rb") as src, open(tmp, "wb") as dst:
+                src.seek(self._read)
+                left = self._end - self._read
+                while left > 0:
+                    n = src.readinto(buf)
+                    if not n:
+                        break
+                    n = min(n, left)
+                    dst.write(memoryview(buf)[:n])
+                    left -= n
+            os.rename(tmp, self._path)
+            self._end -= self._read
+            self._read = 0
+            self._save_pos()
 
+    # -- persistence of the read position ---------------------------------------------
     def _save_pos(self):
         tmp = self._pos_path + ".tmp"
         with open(tmp, "wb") as f:
@@ -83,66 +105,25 @@ class Outbox:
         os.rename(tmp, self._pos_path)  # atomic replace: never a half-written position
         self._unsynced = 0
 
-    def _count_spool(self):
-        """Walk the spool's record headers from the read position (boot-time only)."""
-        n = 0
-        if self._end == 0:
-            return 0
-        with open(self._path, "rb") as f:
-            pos = self._read
-            while pos + _HEADER <= self._end:
-                f.seek(pos)
-                h = f.read(_HEADER)
-                length = (h[1] << 8) | h[2]
-                if pos + _HEADER + length > self._end:
-                    break  # a record torn by power loss: ignore it (its seq is a gap)
-                pos += _HEADER + length
-                n += 1
-            self._end = pos
-        return n
-
-    def _compact(self):
-        """Rewrite the intact records to a fresh spool (after a torn write at power loss),
-        so later appends never land behind garbage. Copies through a small buffer."""
-        tmp = self._path + ".tmp"
-        buf = bytearray(256)
-        with open(self._path, "rb") as src, open(tmp, "wb") as dst:
-            src.seek(self._read)
-            left = self._end - self._read
-            while left > 0:
-                n = src.readinto(buf)
-                if not n:
-                    break
-                n = min(n, left)
-                dst.write(memoryview(buf)[:n])
-                left -= n
-        os.rename(tmp, self._path)
-        self._end -= self._read
-        self._read = 0
-        self._save_pos()
-
     def _reset_spool(self):
-        _remove(self._path)
-        _remove(self._pos_path)
-        self._read = self._end = self._spool_count = 0
+        for path in (self._path, self._pos_path):
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+        self._read = self._end = self.spooled = 0
         self._head = None
 
     # -- queue --------------------------------------------------------------------------
     def __len__(self):
-        return self._spool_count + len(self._ram)
-
-    def spooled(self):
-        return self._spool_count
+        return self.spooled + len(self._ram)
 
     def put(self, kind, packet, critical=False):
         """Queue a packet; return False if it was dropped (counted)."""
-        if self._spool_count == 0 and len(self._ram) < self.ram_slots:
+        if self.spooled == 0 and len(self._ram) < self.ram_slots:
             self._ram.append((kind, packet, critical))
             return True
-        return self._spill(kind, packet, critical)
-
-    def _spill(self, kind, packet, critical):
-        # RAM goes to the spool first, oldest first, so the order is kept.
+        # Spill: RAM goes to the spool first, oldest first, so the order is kept.
         batch = self._ram + [(kind, packet, critical)]
         need = 0
         for _, p, _ in batch:
@@ -159,14 +140,14 @@ class Outbox:
                 f.write(bytes(((k << 4) | (_CRITICAL if c else 0), len(p) >> 8, len(p) & 0xFF)))
                 f.write(p)
                 self._end += _HEADER + len(p)
-                self._spool_count += 1
+                self.spooled += 1
                 self.spilled += 1
         self._ram = []
         return True
 
     def peek(self):
         """The oldest packet as (kind, packet, critical), or None when empty."""
-        if self._spool_count:
+        if self.spooled:
             if self._head is None:
                 with open(self._path, "rb") as f:
                     f.seek(self._read)
@@ -180,12 +161,12 @@ class Outbox:
 
     def pop(self):
         """Remove the oldest packet: call only after the broker acknowledged it."""
-        if self._spool_count:
+        if self.spooled:
             head = self.peek()
             self._read += _HEADER + len(head[1])
-            self._spool_count -= 1
+            self.spooled -= 1
             self._head = None
-            if self._spool_count == 0:
+            if self.spooled == 0:
                 self._reset_spool()
             else:
                 self._unsynced += 1

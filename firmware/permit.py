@@ -18,11 +18,13 @@ from firmware.drivers._ticks import ticks_add, ticks_diff
 
 
 class Permit:
+    """``program_id`` names the program the permit is for; a node may let the pump infuse
+    that program only while ``remaining(now) > 0`` (firmware/node.py checks both)."""
+
     def __init__(self, max_lifetime_ms):
         self.max_lifetime_ms = max_lifetime_ms
         self.program_id = 0
-        self._expiry = 0
-        self._held = False
+        self._expiry = None  # tick at which the permit held lapses; None: no permit
         self.granted = 0  # counters for telemetry and tests
         self.lapsed = 0
 
@@ -38,32 +40,29 @@ class Permit:
         if age >= lifetime_ms:
             return "permit.expired"
         expiry = ticks_add(ref_tick, lifetime_ms)
-        if self._held and self.program_id == program_id and ticks_diff(self._expiry, expiry) > 0:
+        if (self._expiry is not None and self.program_id == program_id
+                and ticks_diff(self._expiry, expiry) > 0):
             # An older permit may arrive after a newer one (retransmission): never shorten.
             return None
         self.program_id = program_id
         self._expiry = expiry
-        self._held = True
         self.granted += 1
         return None
 
     def remaining(self, now):
         """ms left (0 when none). Also latches the lapse, so it is counted once."""
-        if not self._held:
+        if self._expiry is None:
             return 0
         left = ticks_diff(self._expiry, now)
         if left <= 0:
-            self._held = False
+            self._expiry = None
             self.lapsed += 1
             return 0
         if left > self.max_lifetime_ms:  # cannot happen unless the clock misbehaved
-            self._held = False
+            self._expiry = None
             return 0
         return left
 
-    def valid_for(self, program_id, now):
-        return self.remaining(now) > 0 and self.program_id == program_id
-
     def revoke(self):
         """Drop the permit at once (stop command, local interlock, new program)."""
-        self._held = False
+        self._expiry = None

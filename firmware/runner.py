@@ -2,8 +2,9 @@
 
 Three concerns, three tasks:
 
-* ``_steps``: every ``step_ms`` the node core moves serial bytes, guards the pump and makes
-  telemetry; it also feeds the hardware watchdog, so a hung loop resets the board;
+* the step loop (``run`` itself): every ``step_ms`` the node core moves serial bytes, guards
+  the pump and makes telemetry; it also feeds the hardware watchdog, so a hung loop resets
+  the board;
 * ``_uplink``: sends the oldest outbox packet and removes it only after its PUBACK
   (one in flight keeps the order the gateway's replay window needs);
 * the MQTT client's own tasks (connect, keepalive, retransmit, reconnect with backoff);
@@ -14,13 +15,6 @@ import asyncio
 import time
 
 from firmware import log
-
-
-async def _steps(node, watchdog, step_ms):
-    while True:
-        node.step(time.ticks_ms())
-        watchdog.feed()
-        await asyncio.sleep_ms(step_ms)
 
 
 async def _uplink(node, client):
@@ -40,13 +34,14 @@ async def _uplink(node, client):
             await asyncio.sleep_ms(20)
             continue
         kind, packet, _ = head
-        pid = await client.publish(node.topic_of(kind), packet, qos=1)
+        pid = await client.publish(node.topics[kind], packet, qos=1)
         await client.wait_acked(pid)
         box.pop()
 
 
-def attach(node, client, downlink):
-    """Hook the node's birth and command handling into the client."""
+async def run(node, client, downlink, watchdog, step_ms=10):
+    """Hook the node's birth and command handling into the client, start the client and
+    the uplink, then run the step loop for good."""
 
     async def on_connect(session_present):
         log.info("connected to broker (session present: %d)" % session_present)
@@ -60,9 +55,9 @@ def attach(node, client, downlink):
     client.on_connect = on_connect
     client.on_message = on_message
     client.subscribe(downlink, 1)
-
-
-async def run(node, client, watchdog, step_ms=10):
     asyncio.create_task(client.run())
     asyncio.create_task(_uplink(node, client))
-    await _steps(node, watchdog, step_ms)
+    while True:
+        node.step(time.ticks_ms())
+        watchdog.feed()
+        await asyncio.sleep_ms(step_ms)

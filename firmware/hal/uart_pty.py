@@ -16,7 +16,6 @@ _READ = const(256)  # bytes per read at most
 
 class PtyUart:
     def __init__(self, path):
-        self.path = path
         self._f = open(path, "r+b", buffering=0)
         # Raw mode, and VMIN = VTIME = 0 (Linux c_cc indices 6 and 5): MicroPython's
         # read(n) loops until n bytes arrive, so a read must find "no more data" at once.
@@ -30,8 +29,7 @@ class PtyUart:
         termios.tcsetattr(fd, termios.TCSANOW, attrs)
         self._poll = select.poll()
         self._poll.register(self._f, select.POLLIN)
-        self._buf = bytearray(_READ)
-        self._mv = memoryview(self._buf)
+        self._mv = memoryview(bytearray(_READ))  # the reused read buffer
 
     def read(self):
         """The bytes waiting, or None. The result is a view of a buffer that the next read
@@ -39,7 +37,7 @@ class PtyUart:
         second, and a new object per read would be the node's busiest allocation."""
         for _ in self._poll.ipoll(0):  # ipoll: no list allocated per call
             try:
-                n = self._f.readinto(self._buf)
+                n = self._f.readinto(self._mv)
             except OSError:
                 return None
             return self._mv[:n] if n else None

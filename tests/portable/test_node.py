@@ -1,6 +1,6 @@
 """The node core: permits, commands, local interlock, telemetry — with fake devices."""
 
-from firmware.node import Node
+from firmware.boot import death_message, make_node
 from protocol import mdc, schema
 from tests.portable.nodekit import (
     FakeOximeter,
@@ -19,7 +19,7 @@ def _node(local_limits=None, boot=3):
     cfg = make_config(local_limits=local_limits)
     pump, oxi = FakePump(), FakeOximeter()
     uarts = {"pump": FakeUart(), "oximeter": FakeUart()}
-    node = Node(cfg, boot, 1000, uarts, pump, oxi)
+    node = make_node(cfg, boot, 1000, uarts, pump, oxi)
     return node, pump, oxi, uarts
 
 
@@ -204,7 +204,7 @@ def test_sequence_numbers_strictly_increase_and_death_is_seq_zero():
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs) and seqs[0] == 1
     from protocol import cbor, cose
 
-    death = cbor.loads(cose.decode(node.death).payload)
+    death = cbor.loads(cose.decode(death_message(node.signer, "chair-01", 3)).payload)
     assert death[schema.K_SEQ] == 0 and death[schema.K_TYPE] == schema.DEATH
 
 

@@ -11,8 +11,8 @@ def test_permit_counts_from_the_referenced_message_not_arrival():
     p = Permit(10000)
     assert p.grant(1, 1000, 5000, now=3000) is None  # arrived 2 s after the ref
     assert p.remaining(3000) == 3000
-    assert p.valid_for(1, 5999)
-    assert not p.valid_for(1, 6000)
+    assert p.remaining(5999) == 1 and p.program_id == 1
+    assert p.remaining(6000) == 0
     assert p.remaining(6000) == 0 and p.lapsed == 1
 
 
@@ -34,7 +34,7 @@ def test_never_shortened_by_a_late_older_permit_and_bound_to_program():
     p.grant(7, 5000, 5000, now=5100)  # expires 10000
     p.grant(7, 4000, 5000, now=5200)  # expires 9000: older, ignored
     assert p.remaining(9500) == 500
-    assert not p.valid_for(8, 9500)
+    assert p.program_id == 7  # a permit for program 7 only
 
 
 def test_revoke_and_zero_lifetime():
