@@ -9,10 +9,10 @@ import time
 
 from hil_tests.conftest import figure
 
-# One 8 KiB step above the smallest heap a full session runs in on the 64-bit unix port
-# (152 KiB, bench/footprint.py; bytecode is loaded into the heap here, a board with frozen
-# modules keeps it in flash): docs/firmware.md, "Footprint".
-SESSION_HEAP = "160k"
+# The heap the node is held to (issue 3: a full 60-minute session in 128 KiB). On the 64-bit
+# unix port bytecode is loaded into the heap; 120 KiB fails (bench/footprint.py bisection),
+# so this is one 8 KiB step above the smallest failing size: docs/firmware.md, "Footprint".
+SESSION_HEAP = "128k"
 
 
 def test_normal_session_delivers_the_programmed_dose_and_loses_no_packet(make_bench):
