@@ -56,13 +56,17 @@ def _source_name(rel: Path) -> str:
     return ".".join(parts)
 
 
-def build(out_dir: Path | None = None, root: Path = ROOT) -> Path:
-    """Compile every module into ``out_dir`` (default build/mpy), only when out of date."""
+def build(out_dir: Path | None = None, root: Path = ROOT, source_lines: bool = False) -> Path:
+    """Compile every module into ``out_dir`` (default build/mpy), only when out of date.
+
+    ``source_lines``: keep the source-line tables, so tracebacks name the line (a debug
+    build for diagnosing a fault, ``ivgw flash --source-lines``; about 3 KB more heap)."""
     out = Path(out_dir) if out_dir else root / "build" / "mpy"
     exe = mpy_cross()
+    mpy_flags = () if source_lines else MPY_FLAGS
     # A build made with other flags is out of date as a whole, whatever the file times say.
     stamp = out / _STAMP
-    flags = " ".join(MPY_FLAGS + (_NAMING,))
+    flags = " ".join(mpy_flags + (_NAMING,))
     rebuild = not stamp.exists() or stamp.read_text() != flags
     for src in sources(root):
         rel = src.relative_to(root)
@@ -70,7 +74,7 @@ def build(out_dir: Path | None = None, root: Path = ROOT) -> Path:
         if not rebuild and dst.exists() and dst.stat().st_mtime >= src.stat().st_mtime:
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
-        r = subprocess.run([exe, *MPY_FLAGS, "-o", str(dst), "-s", _source_name(rel), str(src)],
+        r = subprocess.run([exe, *mpy_flags, "-o", str(dst), "-s", _source_name(rel), str(src)],
                            capture_output=True, text=True)
         if r.returncode != 0:
             raise BuildError("mpy-cross failed on %s: %s" % (rel, r.stderr.strip()))

@@ -720,12 +720,39 @@ def test_flash_copies_firmware_bundle_and_main_to_the_board(gw: Gw, board: Board
             "-c",
             "import firmware.main, firmware.node; print('IMPORTED')",
         ],
+        cwd=str(board.dir),  # sys.path starts with the cwd: not the source tree
         env=dict(os.environ, MICROPYPATH=str(board.dir) + ":.frozen"),
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert "IMPORTED" in r.stdout, r.stdout + r.stderr
+
+
+def test_flash_source_lines_gives_tracebacks_with_line_numbers(gw: Gw, board: Board) -> None:
+    """The shipped build has no source-line tables (heap); --source-lines is the debug build."""
+    gw.ok("provision", "chair-01", "--site", "north", "--chair", "c1")
+    probe = "import firmware.permit as p; p.Permit(1000).grant(1, 0, 1000, None)"
+
+    def traceback_line() -> str:
+        r = subprocess.run(
+            [str(ROOT / ".venv" / "bin" / "micropython"), "-c", probe],
+            cwd=str(board.dir),  # not the source tree: only the flashed .mpy files
+            env=dict(os.environ, MICROPYPATH=str(board.dir) + ":.frozen"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        lines = [ln for ln in (r.stdout + r.stderr).splitlines() if "in grant" in ln]
+        assert lines, r.stdout + r.stderr
+        return lines[-1]
+
+    out = gw.ok("flash", board.port, "--node", "chair-01", "--build-dir", str(board.build),
+                "--source-lines", env=board.env)
+    assert "debug build with source lines" in out
+    assert ", line 1," not in traceback_line()  # the line of the failing statement
+    gw.ok("flash", board.port, "--node", "chair-01", "--build-dir", str(board.build), env=board.env)
+    assert ", line 1," in traceback_line()  # shipped build: every frame says line 1
 
 
 def test_flash_errors(gw: Gw, board: Board, tmp_path: Path) -> None:
