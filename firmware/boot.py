@@ -19,7 +19,7 @@ from firmware import unload
 from protocol import const
 
 _ENCODE_BUFFER = const(384)  # bytes: a telemetry packet is ~270, a birth ~150
-_DEATH = const(6)  # protocol/schema.py DEATH (firmware/node.py's copy is the checked one)
+_DEATH = const(6)  # protocol/schema.py DEATH (tests/test_const_copies.py checks the copy)
 
 _SERIAL = {  # role -> (baud, bits, parity, stop) defaults from docs/devices.md
     "pump": (19200, 8, None, 1),

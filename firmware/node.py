@@ -39,7 +39,6 @@ _BIRTH = const(1)
 _TELEMETRY = const(2)
 _EVENT = const(3)
 _ACK = const(5)
-_DEATH = const(6)  # seq 0 of each boot: firmware/boot.py's death_message
 _K_BOOT = const(2)
 _K_SEQ = const(3)
 _K_T = const(4)

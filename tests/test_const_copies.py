@@ -1,6 +1,6 @@
 """The node's private copies of wire numbers equal the public definitions.
 
-protocol/envelope.py, firmware/node.py, firmware/commands.py and firmware/mqtt/client.py
+protocol/envelope.py, firmware/node.py, firmware/commands.py, firmware/boot.py and firmware/mqtt/client.py
 repeat numbers of protocol/schema.py and firmware/mqtt/codec.py as ``_NAME = const(n)``, so
 MicroPython folds them into the bytecode: the node then never imports protocol.schema, and
 the client holds no global per imported name, each of which would cost heap
@@ -22,7 +22,11 @@ COPIES = {
     "firmware/node.py": schema,
     "firmware/commands.py": schema,
     "firmware/mqtt/client.py": codec,
+    "firmware/boot.py": schema,
 }
+# Copies checked per file at least (a parse that finds fewer means the check is broken);
+# boot.py repeats a single number (DEATH, for the Last Will it signs).
+MIN_CHECKED = {"firmware/boot.py": 1}
 
 
 def _private_consts(path):
@@ -49,7 +53,7 @@ def test_private_consts_equal_the_public_names(path):
         if hasattr(public, name):
             assert value == getattr(public, name), "%s: _%s" % (path, name)
             checked += 1
-    assert checked >= 3
+    assert checked >= MIN_CHECKED.get(path, 3)
 
 
 def test_node_tables_equal_the_public_ones():
