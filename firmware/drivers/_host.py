@@ -1,11 +1,5 @@
-"""CPython-only helpers for the drivers, imported by ``_ticks`` when ``micropython`` is
-missing. The node never imports this module: on MicroPython these functions would only take
-heap (docs/firmware.md, "Footprint")."""
-
-
-def const(x):
-    """MicroPython's compile-time ``const()``: the value itself on CPython."""
-    return x
+"""CPython-only helpers for the drivers' tests, imported by ``_ticks`` when ``micropython``
+is missing. The node never imports this module (docs/firmware.md, "Footprint")."""
 
 
 def ticks_from_seconds(seconds):

@@ -11,18 +11,16 @@ only the low 30 bits of a difference matter as long as real intervals stay below
 CPython, the unix port and a board. ``time.ticks_diff`` is used when the running port has
 exactly this period (it is implemented in C there).
 
-``const`` is exported for the drivers (``from ._ticks import const``): MicroPython's
-compiler folds ``_NAME = const(...)`` by name wherever ``const`` comes from, and CPython
-gets the identity function from here (defined in ``_host``, which only CPython imports), so
-no driver needs an import fallback of its own: on MicroPython each fallback function would
-cost heap even though it never runs (docs/firmware.md "Footprint"). ``ticks_from_seconds``
-(CPython tests) also comes from ``_host``.
+``ticks_from_seconds`` (the emulator tests' clock, CPython only) comes from ``_host``,
+which the node never loads.
 """
 
+from protocol import const
+
 try:
-    from micropython import const
-except ImportError:  # CPython: const() and the tests' helper, from a module the node never loads
-    from ._host import const, ticks_from_seconds  # noqa: F401
+    import micropython  # noqa: F401
+except ImportError:  # CPython: the tests' helper, from a module the node never loads
+    from ._host import ticks_from_seconds  # noqa: F401
 
 
 _MASK = const(0x3FFFFFFF)  # period 2**30 minus one: still a small int on 32-bit ports

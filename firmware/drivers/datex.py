@@ -43,7 +43,9 @@ the node, so a frame is checked and read inside ``feed`` itself and the request 
 the constructor (the tests build frames and records on their own, from the layout above).
 """
 
-from ._ticks import const, ticks_diff
+from protocol import const
+
+from ._ticks import ticks_diff
 
 _FLAG = const(0x7E)
 _ESC = const(0x7D)

@@ -23,7 +23,9 @@ Written for a small heap (docs/firmware.md, "Footprint"): every function costs a
 bytes on the node, so the line checks are one pattern matcher and one method.
 """
 
-from ._ticks import const, ticks_diff
+from protocol import const
+
+from ._ticks import ticks_diff
 
 _CR = const(0x0D)
 _LF = const(0x0A)

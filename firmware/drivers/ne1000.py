@@ -38,7 +38,9 @@ compared as byte values: a bytes constant is a separate heap object (about 70 by
 short str constant only an interned name. Error messages are short for the same reason.
 """
 
-from ._ticks import const, ticks_diff
+from protocol import const
+
+from ._ticks import ticks_diff
 
 _STX = const(0x02)
 _ETX = const(0x03)
