@@ -8,6 +8,7 @@ the code under test is the code that ships.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ PACKAGES = ("protocol", "firmware")
 MPY_FLAGS = ("-X", "no-source-lines")
 _NAMING = "dotted"  # source names (see _source_name); part of the build stamp
 _STAMP = ".mpy-cross-flags"
+_LOCK = ".build-lock"
 
 
 class BuildError(Exception):
@@ -64,23 +66,38 @@ def build(out_dir: Path | None = None, root: Path = ROOT, source_lines: bool = F
     out = Path(out_dir) if out_dir else root / "build" / "mpy"
     exe = mpy_cross()
     mpy_flags = () if source_lines else MPY_FLAGS
+    out.mkdir(parents=True, exist_ok=True)
+    # Several processes build the same tree at once (the benchmarks, the test bench's
+    # nodes): one builds while the others wait, and each file appears whole (written
+    # beside and renamed), so a node importing the tree never reads a half-written .mpy.
+    with open(out / _LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _build_locked(out, root, exe, mpy_flags)
+    return out
+
+
+def _build_locked(out: Path, root: Path, exe: str, mpy_flags: tuple[str, ...]) -> None:
     # A build made with other flags is out of date as a whole, whatever the file times say.
     stamp = out / _STAMP
     flags = " ".join(mpy_flags + (_NAMING,))
     rebuild = not stamp.exists() or stamp.read_text() != flags
+    if rebuild and stamp.exists():
+        stamp.unlink()  # a build interrupted from here on is redone as a whole next time
     for src in sources(root):
         rel = src.relative_to(root)
         dst = out / rel.with_suffix(".mpy")
         if not rebuild and dst.exists() and dst.stat().st_mtime >= src.stat().st_mtime:
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
-        r = subprocess.run([exe, *mpy_flags, "-o", str(dst), "-s", _source_name(rel), str(src)],
+        part = dst.with_name(dst.name + ".part")
+        r = subprocess.run([exe, *mpy_flags, "-o", str(part), "-s", _source_name(rel), str(src)],
                            capture_output=True, text=True)
         if r.returncode != 0:
+            part.unlink(missing_ok=True)
             raise BuildError("mpy-cross failed on %s: %s" % (rel, r.stderr.strip()))
+        os.replace(part, dst)
     if rebuild:
         stamp.write_text(flags)
-    return out
 
 
 def total_size(out: Path) -> int:
