@@ -248,7 +248,7 @@ def session(work: Path, heap: str, speed: float, probe: bool = False) -> dict[st
         bench.wait_online(15)
         # A 60-minute session (the longest the ketamine protocol runs): 52.5 mL at 52.5 mL/h.
         bench.start_infusion(chair, duration=str(SESSION_MIN))
-        volume_ul = 52500 * SESSION_MIN // 60
+        volume_ul = chair.pump.target_ul  # what the gateway programmed into the pump
         infusion_s = SESSION_MIN * 60 / speed
         deadline = time.monotonic() + infusion_s + 30
         while not (not chair.pump.running() and chair.pump.true_infused_ul() > volume_ul * 0.98):

@@ -81,8 +81,8 @@ def _build_locked(out: Path, root: Path, exe: str, mpy_flags: tuple[str, ...]) -
     stamp = out / _STAMP
     flags = " ".join(mpy_flags + (_NAMING,))
     rebuild = not stamp.exists() or stamp.read_text() != flags
-    if rebuild and stamp.exists():
-        stamp.unlink()  # a build interrupted from here on is redone as a whole next time
+    if rebuild:
+        stamp.unlink(missing_ok=True)  # a build interrupted from here on is redone as a whole next time
     for src in sources(root):
         rel = src.relative_to(root)
         dst = out / rel.with_suffix(".mpy")
